@@ -1,0 +1,86 @@
+"""nnunet-transfer: transfer learning for nnU-Net v2.
+
+Importing the package is cheap (it runs at interpreter start-up through a ``.pth`` hook); the public API below is
+loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from nnunet_transfer._version import __version__
+
+if TYPE_CHECKING:
+    from nnunet_transfer.checkpoint import SourceCheckpoint, read_checkpoint
+    from nnunet_transfer.errors import (
+        CheckpointError,
+        LoadGuardError,
+        NonFiniteWeightsError,
+        PlansError,
+        RecipeError,
+        TransferError,
+        UnsafeCheckpointError,
+    )
+    from nnunet_transfer.loader import LoadOptions, load_pretrained, plan_load, unwrap_network
+    from nnunet_transfer.nnunet import build_network, find_target_dataset
+    from nnunet_transfer.recipes import Recipe, load_recipe
+    from nnunet_transfer.report import LoadReport, TensorRecord
+
+__all__ = [
+    "CheckpointError",
+    "LoadGuardError",
+    "LoadOptions",
+    "LoadReport",
+    "NonFiniteWeightsError",
+    "PlansError",
+    "Recipe",
+    "RecipeError",
+    "SourceCheckpoint",
+    "TensorRecord",
+    "TransferError",
+    "UnsafeCheckpointError",
+    "__version__",
+    "build_network",
+    "find_target_dataset",
+    "load_pretrained",
+    "load_recipe",
+    "plan_load",
+    "read_checkpoint",
+    "unwrap_network",
+]
+
+_WHERE = {
+    "SourceCheckpoint": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "CheckpointError": "errors",
+    "LoadGuardError": "errors",
+    "NonFiniteWeightsError": "errors",
+    "PlansError": "errors",
+    "RecipeError": "errors",
+    "TransferError": "errors",
+    "UnsafeCheckpointError": "errors",
+    "LoadOptions": "loader",
+    "load_pretrained": "loader",
+    "plan_load": "loader",
+    "unwrap_network": "loader",
+    "build_network": "nnunet",
+    "find_target_dataset": "nnunet",
+    "Recipe": "recipes",
+    "load_recipe": "recipes",
+    "LoadReport": "report",
+    "TensorRecord": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nnunet_transfer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"nnunet_transfer.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,198 @@
+"""The ``nnunet-transfer`` command line: inspect, check, doctor, demo.
+
+Exit codes: 0 success (the load passes the guard), 1 the load would not pass the guard (or doctor found a
+problem), 2 unusable input. Expected errors print one message, no traceback, and create no files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nnunet_transfer.errors import TransferError
+
+__all__ = ["main"]
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--container", help="entry of the checkpoint that holds the weights (dotted for nested entries)")
+    p.add_argument("--allow-global", action="append", default=[], metavar="NAME",
+                   help="allow this global for safe (weights_only) loading; repeatable")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle without restrictions: only for files you trust (can run code)")
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
+
+
+def _write_json(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, target)
+
+
+def _describe_plans(plans: dict[str, Any], configuration: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"plans_name": plans.get("plans_name"), "dataset_name": plans.get("dataset_name"),
+                           "configurations": sorted(plans.get("configurations", {}))}
+    conf = plans.get("configurations", {}).get(configuration or "", {})
+    if conf:
+        arch = conf.get("architecture", {})
+        kwargs = arch.get("arch_kwargs", {})
+        out.update({
+            "configuration": configuration,
+            "network": arch.get("network_class_name"),
+            "patch_size": conf.get("patch_size"),
+            "spacing": conf.get("spacing"),
+            "features_per_stage": kwargs.get("features_per_stage"),
+            "strides": kwargs.get("strides"),
+            "kernel_sizes": kwargs.get("kernel_sizes"),
+        })
+    return out
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from nnunet_transfer.checkpoint import read_checkpoint
+    from nnunet_transfer.keys import strip_wrappers
+    from nnunet_transfer.labels import head_channels
+
+    ckpt = read_checkpoint(args.checkpoint, container=args.container, allow_globals=args.allow_global,
+                           trust_checkpoint=args.trust_checkpoint)
+    keys = list(ckpt.state_dict)
+    wrapped = sum(strip_wrappers(k) != k for k in keys)
+    firsts = Counter(strip_wrappers(k).split(".")[0] for k in keys)
+    n_unique, nbytes = ckpt.unique_tensors()
+    dtypes = Counter(str(t.dtype).replace("torch.", "") for t in ckpt.state_dict.values())
+    info: dict[str, Any] = {
+        "path": str(ckpt.path),
+        "format": ckpt.format,
+        "container": ckpt.container or "<plain state dict>",
+        "keys": len(keys),
+        "tensors": n_unique,
+        "bytes": nbytes,
+        "dtypes": dict(dtypes),
+        "keys_with_wrapper_prefixes": wrapped,
+        "top_level_prefixes": dict(firsts.most_common(10)),
+        "trainer_name": ckpt.trainer_name,
+        "epoch": ckpt.metadata.get("current_epoch"),
+        "plans": _describe_plans(ckpt.plans, ckpt.configuration) if ckpt.plans else None,
+        "labels": None,
+    }
+    if ckpt.dataset_json:
+        ch = head_channels(ckpt.dataset_json.get("labels"))
+        info["labels"] = {"names": list(ch.names), "regions": ch.regions} if ch else None
+        info["channel_names"] = ckpt.dataset_json.get("channel_names")
+    print(f"checkpoint:  {info['path']}")
+    print(f"format:      {info['format']}   container: {info['container']}")
+    print(f"tensors:     {n_unique} distinct ({len(keys)} keys), {nbytes / 2**20:.1f} MiB, dtypes {dict(dtypes)}")
+    wrappers = f"; {wrapped} keys carry module./_orig_mod." if wrapped else ""
+    print(f"prefixes:    {info['top_level_prefixes']}{wrappers}")
+    if ckpt.trainer_name:
+        print(f"trainer:     {ckpt.trainer_name} (epoch {info['epoch']})")
+    if info["plans"]:
+        p = info["plans"]
+        print(f"plans:       {p['plans_name']} of {p['dataset_name']}, configuration {p.get('configuration')}: "
+              f"{(p.get('network') or '').rsplit('.', 1)[-1]}, patch {p.get('patch_size')}, spacing {p.get('spacing')}")
+    if info["labels"]:
+        kind = "regions" if info["labels"]["regions"] else "labels"
+        print(f"{kind}:      {info['labels']['names']}; input channels {info.get('channel_names')}")
+    _write_json(args.json, info)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from nnunet_transfer.checkpoint import read_checkpoint
+    from nnunet_transfer.errors import LoadGuardError
+    from nnunet_transfer.keys import parse_rename_rule
+    from nnunet_transfer.loader import load_pretrained
+    from nnunet_transfer.nnunet import build_network, find_target_dataset
+
+    try:
+        rename = tuple(parse_rename_rule(r) for r in args.rename)
+    except ValueError as e:
+        raise TransferError(str(e)) from None
+    target = find_target_dataset(args.dataset, args.plans)
+    source = read_checkpoint(args.checkpoint, container=args.container, allow_globals=args.allow_global,
+                             trust_checkpoint=args.trust_checkpoint)
+    network = build_network(target.plans, args.configuration, target.dataset_json)
+    try:
+        report = load_pretrained(network, source, target.dataset_json.get("labels"), dry_run=True,
+                                 min_coverage=args.min_coverage, rename=rename)
+        code = 0
+    except LoadGuardError as e:
+        report, code = e.report, 1
+    print(report.table() if args.verbose else report.summary())
+    if code:
+        print(f"FAIL: coverage {report.coverage:.3f} below the minimum {report.min_coverage}. Main reasons: "
+              + "; ".join(report.main_reasons()), file=sys.stderr)
+    _write_json(args.json, report.to_dict())
+    return code
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nnunet_transfer.doctor import run_doctor
+
+    return run_doctor()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nnunet_transfer.demo import run_demo
+
+    return run_demo(Path(args.workdir), force=args.force)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_transfer._version import __version__
+
+    parser = argparse.ArgumentParser(prog="nnunet-transfer", description="Transfer learning for nnU-Net v2.")
+    parser.add_argument("--version", action="version", version=f"nnunet-transfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="describe a checkpoint: format, container, prefixes, tensors, plans, labels")
+    p.add_argument("checkpoint")
+    _add_load_options(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("check", help="dry-run the adaptive load against the network a target dataset's plans build")
+    p.add_argument("checkpoint")
+    p.add_argument("-d", "--dataset", required=True, help="target dataset name or ID")
+    p.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--min-coverage", type=float, default=0.5, help="guard: minimum coverage (default 0.5)")
+    p.add_argument("--rename", action="append", default=[], metavar="PATTERN=REPLACEMENT",
+                   help="rename rule, the pattern matched against the whole key; repeatable")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the table of every tensor")
+    _add_load_options(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("doctor", help="check that the stock nnUNetv2_* commands find our trainers, and why not")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("demo", help="end to end on synthetic data: pretrain, fine-tune with the stock CLI, report")
+    p.add_argument("--workdir", default="nnunet_transfer_demo", help="folder for data and results (created)")
+    p.add_argument("--force", action="store_true", help="delete a previous demo in --workdir first")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nnunet-transfer``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TransferError as e:
+        print(f"nnunet-transfer {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``nnunet-transfer doctor``: does the stock nnU-Net find our trainers here, and if not, why not."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["run_doctor"]
+
+PTH_NAME = "nnunet_transfer_autoregister.pth"
+TRAINER = "nnUNetTrainerAdaptiveFT"
+
+
+def _check(ok: bool, label: str, detail: str) -> bool:
+    print(f"[{'ok' if ok else 'FAIL'}] {label}: {detail}")
+    return ok
+
+
+def run_doctor() -> int:
+    """Print one line per check; return 0 when the stock commands will find ``nnUNetTrainerAdaptiveFT``."""
+    from nnunet_transfer._autoregister import ENV_VAR, TRAINER_FOLDER
+
+    results = []
+    try:
+        from importlib.metadata import version
+
+        nnunet_version = version("nnunetv2")
+        supported = nnunet_version.startswith("2.8.")
+        results.append(_check(supported, "nnunetv2 version", f"{nnunet_version} (supported: 2.8.x)"))
+    except Exception as e:  # pragma: no cover - nnunetv2 is a dependency
+        results.append(_check(False, "nnunetv2 version", f"nnunetv2 not importable ({e})"))
+
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    pth = next((Path(d) / PTH_NAME for d in dirs if (Path(d) / PTH_NAME).is_file()), None)
+    results.append(_check(pth is not None, "start-up hook",
+                          str(pth) if pth else f"{PTH_NAME} not found in {dirs}: reinstall with pip "
+                          "(a plain `pip install nnunet-transfer` or `pip install .` installs it)"))
+
+    entries = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    ours = any(os.path.normpath(p) == os.path.normpath(TRAINER_FOLDER) for p in entries)
+    if ours:
+        hint = ""
+    elif os.environ.get("NNUNET_TRANSFER_NO_AUTOREGISTER"):
+        hint = " (NNUNET_TRANSFER_NO_AUTOREGISTER is set)"
+    else:
+        hint = " (python started with -S or -I, or the hook is missing)"
+    results.append(_check(ours, f"{ENV_VAR} in this process", os.pathsep.join(entries) + hint))
+    missing = [p for p in entries if not os.path.isdir(p)]
+    if missing:
+        _check(False, f"{ENV_VAR} entries", f"not folders (nnU-Net skips them): {missing}")
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+            cls = recursive_find_trainer_class_by_name(TRAINER)
+        results.append(_check(cls.__module__.startswith("nnunet_transfer."), "trainer lookup",
+                              f"nnU-Net resolves {TRAINER} to {cls.__module__}.{cls.__qualname__}"))
+    except Exception as e:
+        results.append(_check(False, "trainer lookup", f"nnU-Net cannot find {TRAINER}: {e}"))
+
+    train = shutil.which("nnUNetv2_train")
+    if train is None:
+        where = "not on PATH: activate the environment nnunetv2 is installed in"
+        results.append(_check(False, "nnUNetv2_train", where))
+    else:
+        with open(train, "rb") as f:
+            shebang = f.readline().decode(errors="replace").strip()
+        interpreter = shebang[2:].strip().split()[0] if shebang.startswith("#!") else ""
+        probe = [interpreter or sys.executable, "-c", f"import os; print(os.environ.get({ENV_VAR!r}, ''))"]
+        try:
+            out = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False).stdout
+        except OSError as e:
+            out = f"<could not run {probe[0]}: {e}>"
+        sees = TRAINER_FOLDER in out
+        results.append(_check(sees, "nnUNetv2_train's interpreter",
+                              f"{probe[0]} {'sees' if sees else 'does NOT see'} our trainer folder"
+                              + ("" if sees else ": install nnunet-transfer into that environment")))
+    ok = all(results)
+    print("registration works: `nnUNetv2_train ... -tr nnUNetTrainerAdaptiveFT` will find the trainer" if ok
+          else "registration problem: see the FAIL lines above")
+    return 0 if ok else 1

@@ -1,0 +1,58 @@
+"""Typed exceptions. Each message names the file, key, shapes or field at fault and what to do about it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nnunet_transfer.report import LoadReport
+
+__all__ = [
+    "CheckpointError",
+    "LoadGuardError",
+    "NonFiniteWeightsError",
+    "PlansError",
+    "RecipeError",
+    "TransferError",
+    "UnsafeCheckpointError",
+]
+
+
+class TransferError(Exception):
+    """Base class of every error nnunet-transfer raises on purpose (the CLI prints these without a traceback)."""
+
+    exit_code = 2
+
+
+class CheckpointError(TransferError):
+    """The checkpoint file cannot be used: missing, unreadable, not a checkpoint, or no weights in it."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Loading the checkpoint would need globals outside the safe allow-list (arbitrary code could run)."""
+
+    def __init__(self, message: str, globals_needed: list[str]):
+        super().__init__(message)
+        self.globals_needed = globals_needed
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A tensor that would be loaded holds NaN or Inf values."""
+
+
+class LoadGuardError(TransferError):
+    """The load would cover too little of the network: training would in effect start from scratch."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, report: LoadReport):
+        super().__init__(message)
+        self.report = report
+
+
+class RecipeError(TransferError):
+    """A fine-tuning recipe is invalid (unknown key, wrong type, bad value)."""
+
+
+class PlansError(TransferError):
+    """nnU-Net plans or dataset files are missing or inconsistent."""

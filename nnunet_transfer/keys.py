@@ -1,0 +1,134 @@
+"""Key normalisation: one place that turns checkpoint keys into the target network's names.
+
+Three kinds of rule, applied in this order:
+
+1. **User rename rules** ``(pattern, replacement)``: the pattern must match the *whole* key (``re.fullmatch``);
+   the replacement may use groups (``\\1``). The first matching rule wins.
+2. **Wrapper segments**: ``module.`` (DDP / DataParallel) at the start of a key, and ``_orig_mod.``
+   (``torch.compile``) as a whole segment anywhere, in any order and nesting.
+3. **Prefix alignment** against the target's keys: a leading prefix of the source keys (``model.``,
+   ``backbone.``, ``net.``...: zero to two segments) may be replaced by a leading prefix of the target's keys
+   (zero or one segment, e.g. ``encoder.``). The pair that lets most source keys find a target key is chosen; ties
+   go to the shorter change. Prefixes are only ever removed or added at the start of a key (anchored).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["KeyMapping", "RenameRule", "normalize_keys", "parse_rename_rule", "strip_wrappers"]
+
+RenameRule = tuple[str, str]
+
+_ORIG_MOD = re.compile(r"(?:(?<=\.)|^)_orig_mod\.")
+_MODULE = "module."
+
+
+def strip_wrappers(key: str) -> str:
+    """Remove DDP (``module.``, leading) and torch.compile (``_orig_mod.``, any segment) wrapper segments."""
+    while True:
+        new = _ORIG_MOD.sub("", key)
+        while new.startswith(_MODULE):
+            new = new[len(_MODULE):]
+        if new == key:
+            return key
+        key = new
+
+
+def parse_rename_rule(text: str) -> RenameRule:
+    """Parse ``PATTERN=REPLACEMENT`` (as given on the command line) into a rule, checking the regex compiles."""
+    if "=" not in text:
+        raise ValueError(f"rename rule {text!r} must look like PATTERN=REPLACEMENT, e.g. 'backbone\\.(.*)=encoder.\\1'")
+    pattern, replacement = text.split("=", 1)
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"rename rule {text!r}: invalid regular expression {pattern!r}: {e}") from e
+    return pattern, replacement
+
+
+@dataclass
+class KeyMapping:
+    """Result of :func:`normalize_keys`: ``names[source_key] = normalised key`` plus what was done."""
+
+    names: dict[str, str]
+    renamed: int = 0
+    wrappers_stripped: int = 0
+    prefix_removed: str = ""
+    prefix_added: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line saying which rules changed keys (empty if none did)."""
+        parts = []
+        if self.renamed:
+            parts.append(f"{self.renamed} keys renamed by user rules")
+        if self.wrappers_stripped:
+            parts.append(f"wrapper prefixes (module./_orig_mod.) stripped from {self.wrappers_stripped} keys")
+        if self.prefix_removed or self.prefix_added:
+            parts.append(f"prefix {self.prefix_removed or '<none>'!r} -> {self.prefix_added or '<none>'!r}")
+        return "; ".join(parts)
+
+
+def _leading_prefixes(keys: Iterable[str], max_segments: int) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, min(max_segments, len(parts) - 1) + 1):
+            counts[".".join(parts[:n]) + "."] += 1
+    return counts
+
+
+def normalize_keys(
+    source_keys: Sequence[str],
+    target_keys: Iterable[str] | None = None,
+    rename: Sequence[RenameRule] = (),
+) -> KeyMapping:
+    """Map each source key to the name it should have in the target network.
+
+    >>> m = normalize_keys(["module._orig_mod.model.encoder.w"], ["encoder.w", "decoder.w"])
+    >>> m.names["module._orig_mod.model.encoder.w"], m.prefix_removed
+    ('encoder.w', 'model.')
+    """
+    compiled = [(re.compile(p), r) for p, r in rename]
+    names: dict[str, str] = {}
+    renamed = stripped = 0
+    for key in source_keys:
+        new = key
+        for pattern, replacement in compiled:
+            m = pattern.fullmatch(new)
+            if m:
+                new = m.expand(replacement)
+                renamed += 1
+                break
+        unwrapped = strip_wrappers(new)
+        stripped += unwrapped != new
+        names[key] = unwrapped
+    mapping = KeyMapping(names, renamed=renamed, wrappers_stripped=stripped)
+    if target_keys is None:
+        return mapping
+    targets = set(target_keys)
+    values = list(names.values())
+    best = (sum(v in targets for v in values), 0, "", "")
+    if best[0] < len(values):
+        src_prefixes = [""] + [p for p, n in _leading_prefixes(values, 2).items() if n > 1 or len(values) == 1]
+        tgt_prefixes = ["", *_leading_prefixes(targets, 1)]
+        for sp in src_prefixes:
+            candidates = [v[len(sp):] for v in values if v.startswith(sp)]
+            for tp in tgt_prefixes:
+                if not sp and not tp:
+                    continue
+                score = sum((tp + c) in targets for c in candidates)
+                change = len(sp) + len(tp)
+                if score > best[0] or (score == best[0] and score > 0 and change < best[1]):
+                    best = (score, change, sp, tp)
+    _, _, sp, tp = best
+    if sp or tp:
+        for key, value in names.items():
+            if value.startswith(sp):
+                names[key] = tp + value[len(sp):]
+        mapping.prefix_removed, mapping.prefix_added = sp, tp
+    return mapping

@@ -1,0 +1,317 @@
+"""Adaptive pretrained loading: match checkpoint tensors to a network by name, adapt shapes, report, guard.
+
+The load is planned completely before anything is written: a checkpoint with NaN/Inf weights, or one that would
+cover less than ``min_coverage`` of the network, leaves the network untouched. Tensors are copied in place, so
+parameter identity (and with it the optimizer's references, DDP's buckets, torch.compile's graph) is preserved.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+
+from nnunet_transfer.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
+from nnunet_transfer.checkpoint import SourceCheckpoint, read_checkpoint
+from nnunet_transfer.errors import LoadGuardError, NonFiniteWeightsError
+from nnunet_transfer.keys import RenameRule, normalize_keys
+from nnunet_transfer.labels import HeadChannels, head_channels
+from nnunet_transfer.report import LabelMatch, LoadReport, TensorRecord
+
+__all__ = ["DEFAULT_HEAD_PATTERN", "LoadOptions", "load_pretrained", "plan_load", "unwrap_network"]
+
+DEFAULT_HEAD_PATTERN = r"(?:.*\.)?seg_layers\.\d+\.(?:weight|bias)"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Options of the adaptive loader (all have defaults; recipes and the CLI set the same fields)."""
+
+    # fraction of target parameter elements (heads excluded) that must be loaded or adapted
+    min_coverage: float = 0.5
+    # user rename rules (pattern, replacement), pattern matched against the whole key
+    rename: tuple[RenameRule, ...] = ()
+    # entry of the checkpoint holding the weights (dotted); None tries the usual containers
+    container: str | None = None
+    # extra globals allowed for weights_only loading, e.g. "argparse.Namespace"
+    allow_globals: tuple[str, ...] = ()
+    # unpickle without restrictions (only for files you trust)
+    trust_checkpoint: bool = False
+    # anchored regex (fullmatch) naming segmentation-head parameters
+    head_pattern: str = DEFAULT_HEAD_PATTERN
+    # adapt the first convolution to another input-channel count
+    adapt_input_channels: bool = True
+    # adapt spatial kernel sizes of (transposed) convolutions
+    adapt_kernels: bool = True
+    # copy head output channels whose label names match
+    map_heads: bool = True
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> LoadOptions:
+        """Build options from keyword arguments, with a clear error naming an unknown option."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown loader option(s) {unknown}; known: {sorted(known)}")
+        if "rename" in kwargs:
+            kwargs["rename"] = tuple(tuple(r) for r in kwargs["rename"])
+        if "allow_globals" in kwargs:
+            kwargs["allow_globals"] = tuple(kwargs["allow_globals"])
+        return replace(cls(), **kwargs)
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain module under DDP / DataParallel and torch.compile wrappers, in any order and nesting."""
+    mod = network
+    while True:
+        if isinstance(mod, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            mod = mod.module
+        elif hasattr(mod, "_orig_mod") and isinstance(mod._orig_mod, nn.Module):
+            mod = mod._orig_mod
+        else:
+            return mod
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+@dataclass
+class _Target:
+    names: list[str]
+    tensor: torch.Tensor
+    owner: nn.Module | None
+
+
+def _target_tensors(mod: nn.Module) -> list[_Target]:
+    """Each distinct tensor of the state dict once, with all its names (first = canonical, in registration order)."""
+    modules = dict(mod.named_modules(remove_duplicate=False))
+    groups: dict[int, _Target] = {}
+    for name, t in mod.state_dict(keep_vars=True).items():
+        g = groups.get(id(t))
+        if g is None:
+            owner = modules.get(name.rpartition(".")[0])
+            groups[id(t)] = _Target([name], t, owner)
+        else:
+            g.names.append(name)
+    return list(groups.values())
+
+
+def _storage_id(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+
+
+def _map_heads(
+    src: torch.Tensor, tgt: torch.Tensor, src_ch: HeadChannels | None, tgt_ch: HeadChannels | None
+) -> tuple[str, str, torch.Tensor | None, list[LabelMatch]]:
+    """(status, reason, value, mapping) for one segmentation-head tensor."""
+    if src.shape[1:] != tgt.shape[1:]:
+        return "skipped", f"head input shape differs: {_fmt(src.shape)} vs {_fmt(tgt.shape)}; fresh init", None, []
+    if src_ch is None or tgt_ch is None:
+        if src.shape == tgt.shape and src_ch is None and tgt_ch is None:
+            return "loaded", "head: same shape, no label names to compare", src, []
+        missing = "checkpoint" if src_ch is None else "target"
+        return "skipped", f"head: label names of the {missing} unknown; fresh init (pass labels to map)", None, []
+    if src_ch.regions != tgt_ch.regions:
+        kinds = {True: "regions (sigmoid)", False: "labels (softmax)"}
+        why = f"head: source uses {kinds[src_ch.regions]}, target {kinds[tgt_ch.regions]}; fresh init"
+        return "skipped", why, None, []
+    if len(src_ch.names) != src.shape[0] or len(tgt_ch.names) != tgt.shape[0]:
+        return "skipped", "head: label count does not match the head's output channels; fresh init", None, []
+    lookup = {n.strip().lower(): i for i, n in enumerate(src_ch.names)}
+    mapping = []
+    for j, name in enumerate(tgt_ch.names):
+        i = lookup.get(name.strip().lower())
+        if i is None and j == 0 and not tgt_ch.regions:
+            i = 0  # softmax channel 0 is background whatever it is called
+        mapping.append(LabelMatch(j, name, i, None if i is None else src_ch.names[i]))
+    copied = [m for m in mapping if m.source_index is not None]
+    if not copied:
+        return "skipped", "head: no shared label names; fresh init", None, mapping
+    identical = all(m.source_index == m.target_index for m in mapping)
+    if len(copied) == len(mapping) and src.shape == tgt.shape and identical:
+        return "loaded", "head: same labels", src, mapping
+    value = tgt.detach().to("cpu", copy=True)
+    for m in copied:
+        value[m.target_index] = src[m.source_index]
+    names = ", ".join(f"{m.target_name}<-{m.source_name}" for m in copied)
+    return "adapted", f"head: copied {len(copied)} of {len(mapping)} channels by label name ({names})", value, mapping
+
+
+def plan_load(
+    network: nn.Module,
+    source: SourceCheckpoint,
+    target_labels: Mapping[str, Any] | Sequence[str] | None = None,
+    options: LoadOptions | None = None,
+    source_labels: Mapping[str, Any] | Sequence[str] | None = None,
+) -> tuple[LoadReport, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Decide what to load where, without touching the network. Returns the report and (target, value) pairs."""
+    options = options or LoadOptions()
+    mod = unwrap_network(network)
+    targets = _target_tensors(mod)
+    all_target_names = [n for t in targets for n in t.names]
+    mapping = normalize_keys(list(source.state_dict), all_target_names, options.rename)
+    by_name: dict[str, str] = {}
+    for raw, norm in mapping.names.items():
+        by_name.setdefault(norm, raw)
+    head_re = re.compile(options.head_pattern)
+    if source_labels is None and source.dataset_json is not None:
+        source_labels = source.dataset_json.get("labels")
+    src_ch, tgt_ch = head_channels(source_labels), head_channels(target_labels)
+
+    first_conv = next(
+        (t.names[0] for t in targets if isinstance(t.owner, _ConvNd) and not isinstance(t.owner, _ConvTransposeNd)
+         and t.names[0].endswith("weight") and t.tensor.ndim >= 3),
+        None,
+    )
+    records: list[TensorRecord] = []
+    plan: list[tuple[torch.Tensor, torch.Tensor]] = []
+    used: set[str] = set()
+    label_mapping: list[LabelMatch] = []
+    nonfinite: list[str] = []
+    for t in targets:
+        key = t.names[0]
+        tgt = t.tensor
+        is_param = isinstance(tgt, nn.Parameter)
+        is_head = any(head_re.fullmatch(n) for n in t.names)
+        hits = [n for n in t.names if n in by_name]
+        for n in t.names:
+            if n in by_name:
+                used.add(by_name[n])
+        rec = TensorRecord(key, "missing", "missing: no tensor of this name in the checkpoint", None, None,
+                           _shape(tgt), tgt.numel(), is_param, is_head, t.names[1:])
+        records.append(rec)
+        if not hits:
+            continue
+        src_key = by_name[hits[0]]
+        src = source.state_dict[src_key]
+        rec.source_key, rec.source_shape = src_key, _shape(src)
+        if src.is_floating_point() and not bool(torch.isfinite(src).all()):
+            bad = int((~torch.isfinite(src)).sum())
+            nonfinite.append(f"{src_key} ({bad} of {src.numel()} values NaN/Inf)")
+            continue
+        value: torch.Tensor | None = None
+        if is_head and options.map_heads:
+            rec.status, rec.reason, value, hm = _map_heads(src, tgt, src_ch, tgt_ch)
+            label_mapping = label_mapping or hm
+        elif src.shape == tgt.shape:
+            rec.status, rec.reason, value = "loaded", "exact", src
+        else:
+            rec.status, rec.reason, value = _adapt(key, src, tgt, t.owner, key == first_conv, options)
+        if value is not None:
+            plan.append((tgt, value))
+    if nonfinite:
+        raise NonFiniteWeightsError(
+            f"{source.path}: NaN/Inf values in tensors that would be loaded: {'; '.join(nonfinite[:5])}"
+            f"{f' (+{len(nonfinite) - 5} more)' if len(nonfinite) > 5 else ''}. Nothing was loaded."
+        )
+    aliases_used = {_storage_id(source.state_dict[k]) for k in used}
+    unused = [k for k in source.state_dict if k not in used and _storage_id(source.state_dict[k]) not in aliases_used]
+    notes = []
+    if source.ignored_entries:
+        notes.append(f"non-tensor entries in the weights container ignored: {source.ignored_entries[:5]}")
+    report = LoadReport(
+        checkpoint=str(source.path),
+        format=source.format,
+        container=source.container,
+        key_rules=mapping.describe(),
+        tensors=records,
+        unused_source_keys=unused,
+        min_coverage=options.min_coverage,
+        label_mapping=label_mapping,
+        notes=notes,
+    )
+    return report, plan
+
+
+def _adapt(
+    key: str, src: torch.Tensor, tgt: torch.Tensor, owner: nn.Module | None, is_first_conv: bool, options: LoadOptions
+) -> tuple[str, str, torch.Tensor | None]:
+    """Adapt a tensor whose shape differs; (status, reason, value or None)."""
+    shapes = f"{_fmt(src.shape)} vs target {_fmt(tgt.shape)}"
+    if src.ndim != tgt.ndim:
+        return "skipped", f"dimensionality differs: {shapes}", None
+    if not (isinstance(owner, _ConvNd) and key.endswith("weight") and tgt.ndim >= 3):
+        return "skipped", f"shape differs (channel widths): {shapes}", None
+    transposed = isinstance(owner, _ConvTransposeNd)
+    in_dim, out_dim = (0, 1) if transposed else (1, 0)
+    if src.shape[out_dim] != tgt.shape[out_dim]:
+        return "skipped", f"channel widths differ: {shapes}", None
+    w, reasons = src, []
+    if src.shape[in_dim] != tgt.shape[in_dim]:
+        if not (is_first_conv and options.adapt_input_channels):
+            return "skipped", f"channel widths differ: {shapes}", None
+        w = adapt_input_channels(w, tgt.shape[in_dim], dim=in_dim)
+        reasons.append(f"input channels {src.shape[in_dim]}->{tgt.shape[in_dim]} (sum over channels kept)")
+    kernel_t = tuple(tgt.shape[2:])
+    if tuple(w.shape[2:]) != kernel_t:
+        if not options.adapt_kernels:
+            return "skipped", f"kernel size differs and kernel adaptation is off: {shapes}", None
+        before = _fmt(w.shape[2:])
+        if transposed:
+            adapted = adapt_transposed_kernel(w, kernel_t)
+            if adapted is None:
+                return "skipped", f"kernel size differs by a non-integer factor: {shapes}", None
+            w = adapted
+            reasons.append(f"transposed kernel {before}->{_fmt(kernel_t)} (average/repeat taps)")
+        else:
+            w = adapt_conv_kernel(w, kernel_t)
+            reasons.append(f"kernel {before}->{_fmt(kernel_t)} (sum along axis kept)")
+    return "adapted", "; ".join(reasons), w
+
+
+def load_pretrained(
+    network: nn.Module,
+    checkpoint_path: str | Path | SourceCheckpoint,
+    target_labels: Mapping[str, Any] | Sequence[str] | None = None,
+    *,
+    dry_run: bool = False,
+    **options: Any,
+) -> LoadReport:
+    """Load a checkpoint into ``network`` (plain, compiled or DDP-wrapped) adaptively and return the report.
+
+    ``target_labels`` is the target's ``dataset.json`` label map (or one name per head channel); head channels whose
+    names the checkpoint shares are copied. ``options`` are :class:`LoadOptions` fields. Raises
+    :class:`~nnunet_transfer.errors.LoadGuardError` below ``min_coverage`` and
+    :class:`~nnunet_transfer.errors.CheckpointError` for unusable files; in both cases nothing is loaded.
+
+    >>> report = load_pretrained(net, "checkpoint_final.pth", {"background": 0, "liver": 1})  # doctest: +SKIP
+    >>> print(report.summary())  # doctest: +SKIP
+    """
+    opts = LoadOptions.from_kwargs(**options)
+    source = (
+        checkpoint_path
+        if isinstance(checkpoint_path, SourceCheckpoint)
+        else read_checkpoint(
+            checkpoint_path,
+            container=opts.container,
+            allow_globals=opts.allow_globals,
+            trust_checkpoint=opts.trust_checkpoint,
+        )
+    )
+    report, plan = plan_load(network, source, target_labels, opts)
+    if not report.passed:
+        raise LoadGuardError(
+            f"{source.path}: only {report.coverage:.1%} of the network's parameters (segmentation heads excluded) "
+            f"would come from the checkpoint, below the minimum {report.min_coverage:.0%}; refusing to train as good "
+            f"as from scratch. Main reasons: {'; '.join(report.main_reasons()) or 'none'}. Nothing was loaded. "
+            "Run `nnunet-transfer check` to see every tensor; transfer the plans of the pretrained model to your "
+            "dataset, add rename rules, or lower min_coverage if this is intended.",
+            report,
+        )
+    if not dry_run:
+        with torch.no_grad():
+            for target, value in plan:
+                target.copy_(value)
+        report.applied = True
+    return report

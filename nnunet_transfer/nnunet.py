@@ -1,0 +1,85 @@
+"""Bridges to nnU-Net: find a dataset's plans and dataset.json, and build the network its plans describe."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nnunet_transfer.errors import PlansError
+
+__all__ = ["TargetDataset", "build_network", "find_target_dataset"]
+
+
+@dataclass
+class TargetDataset:
+    """A preprocessed nnU-Net dataset: its folder, plans and dataset.json."""
+
+    name: str
+    folder: Path
+    plans_file: Path
+    plans: dict[str, Any]
+    dataset_json: dict[str, Any]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise PlansError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise PlansError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise PlansError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def find_target_dataset(dataset: str, plans_identifier: str = "nnUNetPlans") -> TargetDataset:
+    """Locate ``$nnUNet_preprocessed/DatasetXXX_Name/{plans_identifier}.json`` and its dataset.json."""
+    root = os.environ.get("nnUNet_preprocessed")
+    if not root:
+        raise PlansError("nnUNet_preprocessed is not set: it must point to nnU-Net's preprocessed data folder")
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        name = maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else dataset)
+    except (RuntimeError, ValueError) as e:
+        where = "nnUNet_raw, nnUNet_preprocessed or nnUNet_results"
+        raise PlansError(f"dataset {dataset!r} not found in {where} ({e})") from None
+    folder = Path(root) / name
+    plans_file = folder / f"{plans_identifier}.json"
+    if not plans_file.is_file():
+        have = sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint"))
+        raise PlansError(
+            f"{plans_file}: plans not found (plans in {folder}: {have or 'none'}); run nnUNetv2_plan_and_preprocess"
+        )
+    return TargetDataset(name, folder, plans_file, _read_json(plans_file), _read_json(folder / "dataset.json"))
+
+
+def build_network(plans: dict[str, Any], configuration: str, dataset_json: dict[str, Any]) -> nn.Module:
+    """Build (on CPU, with deep supervision) the network nnU-Net's default trainer builds for these plans."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    available = sorted(plans.get("configurations", {}))
+    if configuration not in available:
+        raise PlansError(f"configuration {configuration!r} not in plans {pm.plans_name!r} (available: {available})")
+    cm = pm.get_configuration(configuration)
+    num_inputs = determine_num_input_channels(pm, cm, dataset_json)
+    heads = pm.get_label_manager(dataset_json).num_segmentation_heads
+    return get_network_from_plans(
+        cm.network_arch_class_name,
+        cm.network_arch_init_kwargs,
+        cm.network_arch_init_kwargs_req_import,
+        num_inputs,
+        heads,
+        allow_init=True,
+        deep_supervision=True,
+    )

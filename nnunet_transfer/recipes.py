@@ -1,0 +1,123 @@
+"""Fine-tuning recipes: YAML files validated on load (unknown keys, wrong types and bad values name the field).
+
+A recipe is picked by the trainer class (``recipe`` attribute) or, for any trainer of this package, by the
+environment variable ``NNUNET_TRANSFER_RECIPE`` (a shipped recipe's name or a path to a YAML file). Shipped recipes
+live in ``nnunet_transfer/configs``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nnunet_transfer.errors import RecipeError
+from nnunet_transfer.keys import parse_rename_rule
+
+__all__ = ["RECIPE_ENV_VAR", "PretrainedSpec", "Recipe", "available_recipes", "load_recipe"]
+
+RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
+
+
+class PretrainedSpec(BaseModel):
+    """Where the pretrained weights come from and how the adaptive loader treats them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = Field(None, description="checkpoint path; relative paths are relative to the recipe file")
+    min_coverage: float = Field(0.5, ge=0.0, le=1.0)
+    rename: list[str] = Field(default_factory=list, description="PATTERN=REPLACEMENT rules, pattern fullmatched")
+    container: str | None = None
+    allow_globals: list[str] = Field(default_factory=list)
+    trust_checkpoint: bool = False
+    adapt_input_channels: bool = True
+    adapt_kernels: bool = True
+    map_heads: bool = True
+
+    @field_validator("rename")
+    @classmethod
+    def _check_rules(cls, rules: list[str]) -> list[str]:
+        for rule in rules:
+            parse_rename_rule(rule)
+        return rules
+
+    def loader_options(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`nnunet_transfer.load_pretrained`."""
+        opts = self.model_dump(exclude={"checkpoint"})
+        opts["rename"] = tuple(parse_rename_rule(r) for r in self.rename)
+        return opts
+
+
+class Recipe(BaseModel):
+    """A fine-tuning recipe. ``None`` means: keep nnU-Net's default for that setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    num_epochs: int | None = Field(None, ge=1)
+    iterations_per_epoch: int | None = Field(None, ge=1)
+    val_iterations_per_epoch: int | None = Field(None, ge=1)
+    initial_lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    pretrained: PretrainedSpec = Field(default_factory=PretrainedSpec)
+    source: str | None = Field(None, exclude=True, description="file the recipe was read from")
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in ``nnunet_transfer/configs``."""
+    folder = resources.files("nnunet_transfer") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _format_error(where: str, e: ValidationError) -> str:
+    problems = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"{loc}: {msg}")
+    return f"{where}: invalid recipe: " + "; ".join(problems)
+
+
+def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
+    """Load and validate a recipe by shipped name (``"default"``) or YAML path. Raises RecipeError."""
+    text_name = str(name_or_path)
+    path = Path(text_name).expanduser()
+    if text_name.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise RecipeError(f"{path}: recipe file not found")
+        text = path.read_text()
+        where = str(path)
+    else:
+        shipped = resources.files("nnunet_transfer") / "configs" / f"{text_name}.yaml"
+        if not shipped.is_file():
+            raise RecipeError(f"recipe {text_name!r} not found: not a file, and not a shipped recipe "
+                              f"(shipped: {', '.join(available_recipes())})")
+        text = shipped.read_text()
+        where = f"<shipped recipe {text_name}>"
+        path = None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{where}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe must be a YAML mapping, found {type(data).__name__}")
+    data.setdefault("name", Path(text_name).stem)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_error(where, e)) from None
+    except ValueError as e:
+        raise RecipeError(f"{where}: invalid recipe: {e}") from None
+    ckpt = recipe.pretrained.checkpoint
+    if ckpt and path is not None:
+        ckpt = os.path.expandvars(os.path.expanduser(ckpt))
+        if not os.path.isabs(ckpt):
+            ckpt = str((path.parent / ckpt).resolve())
+        recipe.pretrained.checkpoint = ckpt
+    recipe.source = where
+    return recipe
