@@ -9,12 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import make_unet
 from torch import nn
 
 from nnunet_transfer import LoadGuardError, load_pretrained, unwrap_network
 from nnunet_transfer.report import TensorRecord
-
-from conftest import make_unet
 
 ANISO = dict(kernels=((1, 3, 3), (3, 3, 3), (3, 3, 3)), strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)))
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
@@ -178,7 +177,7 @@ def test_dry_run_touches_nothing(tmp_path, unet_factory):
 
 
 def test_unknown_option_is_an_error(tmp_path, unet_factory):
-    with pytest.raises(TypeError, match="unknown loader option.*min_coverge"):
+    with pytest.raises(TypeError, match=r"unknown loader option.*min_coverge"):
         load_pretrained(unet_factory(), _save(unet_factory(), tmp_path / "c.pth"), min_coverge=0.3)
 
 
