@@ -1,0 +1,99 @@
+"""End to end through the stock nnU-Net CLI: pretrain, fine-tune with nnUNetTrainerAdaptiveFT, resume, predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import SimpleITK as sitk
+from conftest import RECIPES, bin_path, run
+
+TRAINER = "nnUNetTrainerAdaptiveFT"
+
+
+def _report(folder):
+    return json.loads((folder / "pretrained_load_report.json").read_text())
+
+
+def _logs(folder):
+    return sorted(folder.glob("training_log_*.txt"))
+
+
+def test_stock_loader_fails_on_anisotropic_target(workspace):
+    """The problem this package solves: nnU-Net's strict loader stops on the target's own plans."""
+    proc = workspace.train(workspace.ANISO, workspace.TINY, "0", "-pretrained_weights", str(workspace.checkpoint),
+                           check=False)
+    assert proc.returncode != 0
+    assert "The shape of the parameters of key" in proc.stdout + proc.stderr
+
+
+def test_finetune_anisotropic_target_and_predict(workspace, tmp_path):
+    env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "tiny.yaml")}
+    workspace.train(workspace.ANISO, TRAINER, "0", "-pretrained_weights", str(workspace.checkpoint), env=env)
+    out = workspace.results("Dataset901_Aniso", TRAINER)
+    fold = out / "fold_0"
+    report = _report(fold)
+    assert report["coverage"] == 1.0 and report["passed"] and report["applied"]
+    status = {t["key"]: t for t in report["tensors"]}
+    adapted = {k for k, t in status.items() if t["status"] == "adapted" and not t["is_head"]}
+    # the target's own plans: 1x3x3 kernels in the first stage, pooling 1x2x2 in two places
+    assert "encoder.stages.0.0.convs.0.conv.weight" in adapted
+    assert any(k.startswith("decoder.transpconvs.") for k in adapted)
+    assert all(t["status"] == "loaded" for k, t in status.items() if k not in adapted and not t["is_head"])
+    assert {m["target_name"]: m["source_name"] for m in report["label_mapping"]} == {
+        "background": "background", "lesion": "lesion", "vessel": None}
+    log = _logs(fold)[-1].read_text()
+    assert "nnunet-transfer load report:" in log and "coverage 1.000 (ok)" in log
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert (fold / "adaptive_ft_recipe.yaml").read_text().startswith("name: tiny")
+    assert "Dice" in (fold / "validation" / "summary.json").read_text()
+
+    # the stock nnUNetv2_predict finds the trainer and predicts
+    images = tmp_path / "in"
+    images.mkdir()
+    src = workspace.root / "raw" / "Dataset901_Aniso" / "imagesTr" / "aniso_000_0000.nii.gz"
+    shutil.copy(src, images / "case_0000.nii.gz")
+    run([bin_path("nnUNetv2_predict"), "-i", str(images), "-o", str(tmp_path / "pred"), "-d", "901", "-c",
+         "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta",
+         "--disable_progress_bar"], workspace.env)
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / "case.nii.gz")))
+    assert pred.shape == (12, 32, 32)
+    assert set(np.unique(pred)) <= {0, 1, 2}
+
+
+def test_finetune_two_channel_target_adapts_only_the_first_convolution(workspace):
+    env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "tiny.yaml")}
+    workspace.train(workspace.TWO_CH, TRAINER, "0", "-pretrained_weights", str(workspace.checkpoint), env=env)
+    report = _report(workspace.results("Dataset902_TwoCh", TRAINER) / "fold_0")
+    adapted = [t for t in report["tensors"] if t["status"] == "adapted"]
+    assert [t["key"] for t in adapted] == ["encoder.stages.0.0.convs.0.conv.weight"]
+    assert adapted[0]["source_shape"][1] == 1 and adapted[0]["target_shape"][1] == 2
+    assert "input channels 1->2" in adapted[0]["reason"]
+    assert all(t["status"] == "loaded" for t in report["tensors"] if t is not adapted[0])
+    assert report["coverage"] == 1.0
+
+
+def test_recipe_checkpoint_is_loaded_once_and_never_over_a_resumed_run(workspace, tmp_path):
+    recipe = tmp_path / "with_ckpt.yaml"
+    recipe.write_text((RECIPES / "tiny.yaml").read_text() + f"pretrained:\n  checkpoint: {workspace.checkpoint}\n")
+    env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(recipe)}
+    workspace.train(workspace.TWO_CH, TRAINER, "1", env=env)
+    fold = workspace.results("Dataset902_TwoCh", TRAINER) / "fold_1"
+    report_file = fold / "pretrained_load_report.json"
+    assert _report(fold)["coverage"] == 1.0
+    first_report = report_file.read_bytes()
+    assert "pretrained load from" in _logs(fold)[-1].read_text()
+
+    # as if the run had been killed: only checkpoint_best remains; --c resumes from it, with the stored recipe
+    (fold / "checkpoint_final.pth").unlink()
+    logs_before = set(_logs(fold))
+    env_resume = {**workspace.env, "NNUNET_TRANSFER_RECIPE": "default"}
+    workspace.train(workspace.TWO_CH, TRAINER, "1", "--c", env=env_resume)
+    new_logs = set(_logs(fold)) - logs_before
+    assert len(new_logs) == 1
+    log = new_logs.pop().read_text()
+    assert "adaptive_ft_recipe.yaml" in log  # the recipe in force is the stored one
+    assert "pretrained load from" not in log
+    assert report_file.read_bytes() == first_report
+    assert (fold / "checkpoint_final.pth").is_file()
