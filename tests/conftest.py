@@ -68,6 +68,8 @@ def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
         OMP_NUM_THREADS="2",
         # a user's own external trainer folder: must keep working beside ours (ours is appended at start-up)
         nnUNet_extTrainer=str(USER_TRAINERS),
+        # as in an activated virtual environment
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )
     env.update(extra)
     return env
