@@ -45,6 +45,15 @@ def _case(
     return images, seg
 
 
+def _outer_inner(labels: Mapping[str, int | Sequence[int]]) -> list[int]:
+    """Label values painted as (outer ellipsoid, inner blob): "organ" and "lesion" when the map has those names."""
+    foreground = {k: int(v) for k, v in labels.items() if not isinstance(v, list | tuple) and int(v) > 0}
+    values = sorted(foreground.values())
+    inner = foreground.get("lesion", values[1] if len(values) > 1 else None)
+    outer = foreground.get("organ", next((v for v in values if v != inner), inner))
+    return [v for v in (outer, inner) if v is not None]
+
+
 def make_dataset(
     raw_root: str | Path,
     dataset_id: int,
@@ -60,8 +69,9 @@ def make_dataset(
 ) -> Path:
     """Write a synthetic dataset ``Dataset{id:03d}_{name}`` under ``raw_root`` and return its folder.
 
-    ``shape`` and ``spacing`` are (z, y, x). ``labels`` is nnU-Net's ``dataset.json`` label map; the first two
-    foreground labels (by value) are painted as the organ and the lesion. Region-based label maps are supported
+    ``shape`` and ``spacing`` are (z, y, x). ``labels`` is nnU-Net's ``dataset.json`` label map; the labels named
+    "organ" and "lesion" (otherwise the first two foreground values) are painted as the outer ellipsoid and the
+    inner blob, so that a name means the same structure in every dataset made here. Region-based label maps are supported
     together with ``regions_class_order``.
     """
     import SimpleITK as sitk
@@ -71,7 +81,7 @@ def make_dataset(
     if regions_class_order is not None:
         painted = [int(v) for v in regions_class_order]
     else:
-        painted = sorted(int(v) for v in labels.values() if int(v) > 0)  # type: ignore[arg-type]
+        painted = _outer_inner(labels)
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)

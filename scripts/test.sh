@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up .venv, then lint and run the whole test suite (unit tests and end-to-end runs of the stock nnUNetv2_* CLI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+.venv/bin/ruff check .
+exec .venv/bin/pytest "$@"
