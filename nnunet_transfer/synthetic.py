@@ -71,17 +71,14 @@ def make_dataset(
 
     ``shape`` and ``spacing`` are (z, y, x). ``labels`` is nnU-Net's ``dataset.json`` label map; the labels named
     "organ" and "lesion" (otherwise the first two foreground values) are painted as the outer ellipsoid and the
-    inner blob, so that a name means the same structure in every dataset made here. Region-based label maps are supported
-    together with ``regions_class_order``.
+    inner blob, so that a name means the same structure in every dataset made here. Region-based label maps are
+    supported together with ``regions_class_order`` (its first two values are painted).
     """
     import SimpleITK as sitk
 
     channel_names = dict(channel_names or {"0": "MR"})
     labels = dict(labels or {"background": 0, "organ": 1, "lesion": 2})
-    if regions_class_order is not None:
-        painted = [int(v) for v in regions_class_order]
-    else:
-        painted = _outer_inner(labels)
+    painted = [int(v) for v in regions_class_order] if regions_class_order is not None else _outer_inner(labels)
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
