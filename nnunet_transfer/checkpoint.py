@@ -190,10 +190,6 @@ def _torch_load(path: Path, fmt: str, allow_globals: Sequence[str], trust: bool)
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from None
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def _tensor_share(obj: Mapping) -> float:
     return sum(isinstance(v, torch.Tensor) for v in obj.values()) / max(len(obj), 1)
 

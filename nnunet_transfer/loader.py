@@ -215,7 +215,9 @@ def plan_load(
             nonfinite.append(f"{src_key} ({bad} of {src.numel()} values NaN/Inf)")
             continue
         value: torch.Tensor | None = None
-        if is_head and options.map_heads:
+        if is_head and not options.map_heads:
+            rec.status, rec.reason = "skipped", "head: map_heads is off; fresh init"
+        elif is_head:
             rec.status, rec.reason, value, hm = _map_heads(src, tgt, src_ch, tgt_ch)
             label_mapping = label_mapping or hm
         elif src.shape == tgt.shape:

@@ -97,7 +97,7 @@ RECIPES = TESTS / "recipes"
 class Workspace:
     """Synthetic raw datasets, planned and preprocessed by the stock CLI, and a source model pretrained on one."""
 
-    SOURCE, ANISO, TWO_CH = 900, 901, 902
+    SOURCE, ANISO, TWO_CH, ANISO_TWO_CH = 900, 901, 902, 903
     TINY = "nnUNetTrainer_TransferTestTiny"
 
     def __init__(self, root: Path):
@@ -115,7 +115,8 @@ class Workspace:
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Workspace:
-    """Datasets 900 (source, 1 channel, isotropic), 901 (anisotropic 1x1x3 mm, other labels), 902 (2 channels).
+    """Datasets 900 (source, 1 channel, isotropic), 901 (anisotropic 1x1x3 mm, other labels), 902 (2 channels),
+    903 (2 channels and anisotropic).
 
     Planned and preprocessed with ``nnUNetv2_plan_and_preprocess`` and a source model pretrained on 900 with a
     short stock trainer (``nnUNetv2_train``); about 1.5 minutes on 2 cores.
@@ -129,7 +130,9 @@ def workspace(tmp_path_factory) -> Workspace:
                  labels={"background": 0, "lesion": 1, "vessel": 2})
     make_dataset(raw, ws.TWO_CH, "TwoCh", shape=(32, 32, 32), spacing=(1, 1, 1), seed=2,
                  channel_names={"0": "T1", "1": "T2"})
-    run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(ws.SOURCE), str(ws.ANISO), str(ws.TWO_CH),
+    make_dataset(raw, ws.ANISO_TWO_CH, "AnisoTwoCh", shape=(12, 32, 32), spacing=(3, 1, 1), seed=3,
+                 channel_names={"0": "T1", "1": "FLAIR"}, labels={"background": 0, "edema": 1, "lesion": 2})
+    run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(ws.SOURCE), str(ws.ANISO), str(ws.TWO_CH), str(ws.ANISO_TWO_CH),
          "-c", "3d_fullres", "-npfp", "2", "-np", "2"], ws.env)
     ws.train(ws.SOURCE, ws.TINY, "0")
     ws.checkpoint = ws.results("Dataset900_Src", ws.TINY) / "fold_0" / "checkpoint_final.pth"

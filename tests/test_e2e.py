@@ -74,6 +74,21 @@ def test_finetune_two_channel_target_adapts_only_the_first_convolution(workspace
     assert report["coverage"] == 1.0
 
 
+def test_finetune_target_with_other_channels_and_anisotropic_plans(workspace):
+    env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "tiny.yaml")}
+    workspace.train(workspace.ANISO_TWO_CH, TRAINER, "0", "-pretrained_weights", str(workspace.checkpoint), env=env)
+    fold = workspace.results("Dataset903_AnisoTwoCh", TRAINER) / "fold_0"
+    report = _report(fold)
+    first = next(t for t in report["tensors"] if t["key"] == "encoder.stages.0.0.convs.0.conv.weight")
+    assert first["status"] == "adapted" and first["source_shape"] == [32, 1, 3, 3, 3]
+    assert first["target_shape"] == [32, 2, 1, 3, 3]
+    assert "input channels 1->2" in first["reason"] and "kernel 3x3x3->1x3x3" in first["reason"]
+    assert report["coverage"] == 1.0
+    assert {m["target_name"]: m["source_name"] for m in report["label_mapping"]} == {
+        "background": "background", "edema": None, "lesion": "lesion"}
+    assert (fold / "checkpoint_final.pth").is_file()
+
+
 def test_recipe_checkpoint_is_loaded_once_and_never_over_a_resumed_run(workspace, tmp_path):
     recipe = tmp_path / "with_ckpt.yaml"
     recipe.write_text((RECIPES / "tiny.yaml").read_text() + f"pretrained:\n  checkpoint: {workspace.checkpoint}\n")

@@ -129,6 +129,14 @@ def test_heads_without_target_labels(tmp_path, unet_factory):
     assert all(r.status == "loaded" for r in report.tensors)
 
 
+def test_heads_can_be_left_fresh(tmp_path, unet_factory):
+    report = load_pretrained(unet_factory(seed=2), _save(unet_factory(seed=1), tmp_path / "c.pth"), LABELS,
+                             map_heads=False)
+    heads = [r for r in report.tensors if r.is_head]
+    assert heads and all(r.status == "skipped" and "map_heads is off" in r.reason for r in heads)
+    assert report.coverage == 1.0
+
+
 def test_different_widths_and_stages_are_skipped_with_reasons(tmp_path, unet_factory):
     src = unet_factory(seed=1, features=(4, 8, 16))
     net = unet_factory(seed=2, features=(4, 8, 32))
