@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     )
     from nnunet_transfer.loader import LoadOptions, load_pretrained, plan_load, unwrap_network
     from nnunet_transfer.nnunet import build_network, find_target_dataset
+    from nnunet_transfer.plans import (
+        PlansTransfer,
+        check_transfer,
+        preprocess_transfer,
+        read_source_plans,
+        transfer_plans,
+        write_plans,
+    )
     from nnunet_transfer.recipes import Recipe, load_recipe
     from nnunet_transfer.report import LoadReport, TensorRecord
 
@@ -34,6 +42,7 @@ __all__ = [
     "LoadReport",
     "NonFiniteWeightsError",
     "PlansError",
+    "PlansTransfer",
     "Recipe",
     "RecipeError",
     "SourceCheckpoint",
@@ -42,12 +51,17 @@ __all__ = [
     "UnsafeCheckpointError",
     "__version__",
     "build_network",
+    "check_transfer",
     "find_target_dataset",
     "load_pretrained",
     "load_recipe",
     "plan_load",
+    "preprocess_transfer",
     "read_checkpoint",
+    "read_source_plans",
+    "transfer_plans",
     "unwrap_network",
+    "write_plans",
 ]
 
 _WHERE = {
@@ -66,6 +80,12 @@ _WHERE = {
     "unwrap_network": "loader",
     "build_network": "nnunet",
     "find_target_dataset": "nnunet",
+    "PlansTransfer": "plans",
+    "check_transfer": "plans",
+    "preprocess_transfer": "plans",
+    "read_source_plans": "plans",
+    "transfer_plans": "plans",
+    "write_plans": "plans",
     "Recipe": "recipes",
     "load_recipe": "recipes",
     "LoadReport": "report",
