@@ -162,17 +162,18 @@ def _divisor(conf: dict[str, Any]) -> list[int]:
 
 
 @contextmanager
-def _temporary_preprocessed(enabled: bool) -> Iterator[None]:
-    """With ``enabled``, point nnUNet_preprocessed at a temporary folder (dry runs write nothing)."""
+def _temporary_preprocessed(enabled: bool, dataset_name: str) -> Iterator[None]:
+    """With ``enabled``, point nnUNet_preprocessed at a temporary folder holding a copy of the dataset's fingerprint
+    (if any): a dry run then writes nothing into the real one."""
     if not enabled:
         yield
         return
     old = os.environ.get("nnUNet_preprocessed")
     with tempfile.TemporaryDirectory() as tmp:
-        if old:
-            for ds in Path(old).glob("Dataset*/dataset_fingerprint.json"):
-                (Path(tmp) / ds.parent.name).mkdir(exist_ok=True)
-                shutil.copy(ds, Path(tmp) / ds.parent.name / ds.name)
+        fingerprint = Path(old or "", dataset_name, "dataset_fingerprint.json")
+        if old and fingerprint.is_file():
+            (Path(tmp) / dataset_name).mkdir()
+            shutil.copy(fingerprint, Path(tmp) / dataset_name / fingerprint.name)
         os.environ["nnUNet_preprocessed"] = tmp
         try:
             yield
@@ -262,7 +263,7 @@ def transfer_plans(
     # the network must still build for the target (channels, labels) and run on the patch size
     _check_builds(new, confs, target_dj)
 
-    with _temporary_preprocessed(dry_run):
+    with _temporary_preprocessed(dry_run, name):
         planner = _fingerprint_and_planner(name, num_processes)
         fingerprint = planner.dataset_fingerprint
         norm, mask = planner.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
