@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nnunet_transfer.errors import RecipeError
 from nnunet_transfer.keys import parse_rename_rule
 
-__all__ = ["RECIPE_ENV_VAR", "PretrainedSpec", "Recipe", "available_recipes", "load_recipe"]
+__all__ = ["RECIPE_ENV_VAR", "Phase", "PretrainedSpec", "Progressive", "Recipe", "available_recipes", "load_recipe"]
 
 RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
 
@@ -52,6 +52,26 @@ class PretrainedSpec(BaseModel):
         return opts
 
 
+class Phase(BaseModel):
+    """From ``start_epoch`` on, the selected groups train too (selectors: group names or globs like ``encoder.*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_epoch: int = Field(ge=0)
+    unfreeze: list[str] = Field(min_length=1)
+
+
+class Progressive(BaseModel):
+    """Unfreeze the selected groups one at a time: the first at ``start_epoch``, then one every ``every`` epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: list[str] = Field(min_length=1)
+    start_epoch: int = Field(ge=1)
+    every: int = Field(ge=1)
+    order: Literal["deepest_first", "as_listed"] = "deepest_first"
+
+
 class Recipe(BaseModel):
     """A fine-tuning recipe. ``None`` means: keep nnU-Net's default for that setting."""
 
@@ -64,6 +84,17 @@ class Recipe(BaseModel):
     val_iterations_per_epoch: int | None = Field(None, ge=1)
     initial_lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
+    save_every: int | None = Field(None, ge=1)  # epochs between checkpoint_latest.pth writes (nnU-Net: 50)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    # parameter groups: None derives nnU-Net's (encoder.stem, encoder.stageN, decoder.stageN, heads); otherwise
+    # {name: [regex, ...]} with each regex matched against whole parameter names
+    groups: dict[str, list[str]] | None = None
+    lr_multipliers: dict[str, float] = Field(default_factory=dict)  # selector -> multiplier (later keys win)
+    group_weight_decay: dict[str, float] = Field(default_factory=dict)  # selector -> weight decay
+    phases: list[Phase] = Field(default_factory=list)  # empty (and no progressive): every group trains from epoch 0
+    progressive: Progressive | None = None
+    warmup_epochs: int = Field(0, ge=0)  # linear warmup of groups unfrozen after the first phase
+    frozen_norm: Literal["eval", "train"] = "eval"  # norm layers of frozen groups
     pretrained: PretrainedSpec = Field(default_factory=PretrainedSpec)
     source: str | None = Field(None, exclude=True, description="file the recipe was read from")
 

@@ -25,6 +25,7 @@ def make_unet(
     features: Sequence[int] = (4, 8, 16),
     residual: bool = False,
     seed: int = 0,
+    norm: type[nn.Module] = nn.InstanceNorm3d,
 ) -> nn.Module:
     """A small PlainConvUNet / ResidualEncoderUNet with nnU-Net's default building blocks and deep supervision."""
     torch.manual_seed(seed)
@@ -40,7 +41,7 @@ def make_unet(
         num_classes=num_classes,
         n_conv_per_stage_decoder=[1] * (len(features) - 1),
         conv_bias=True,
-        norm_op=nn.InstanceNorm3d,
+        norm_op=norm,
         norm_op_kwargs={"eps": 1e-5, "affine": True},
         nonlin=nn.LeakyReLU,
         nonlin_kwargs={"inplace": True},

@@ -112,3 +112,41 @@ def test_recipe_checkpoint_is_loaded_once_and_never_over_a_resumed_run(workspace
     assert "pretrained load from" not in log
     assert report_file.read_bytes() == first_report
     assert (fold / "checkpoint_final.pth").is_file()
+
+
+def test_resumed_schedule_has_the_same_per_epoch_table(workspace):
+    """Progressive unfreezing through the stock CLI; a run killed mid-schedule and continued with --c follows the
+    same table (epoch, per-group learning rate, trainable groups) as an uninterrupted one."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "progressive.yaml")}
+    out = workspace.results("Dataset901_Aniso", TRAINER)
+    workspace.train(workspace.ANISO, TRAINER, "2", "-pretrained_weights", str(workspace.checkpoint), env=env)
+    full = json.loads((out / "fold_2" / "lr_table.json").read_text())
+    assert [r["epoch"] for r in full] == [0, 1, 2, 3, 4]
+    assert [len(r["trainable"]) for r in full] == [4, 5, 6, 7, 8]
+    assert full[0]["lr"]["encoder.stage0"] == 0 and full[0]["trainable_fraction"] < 0.5
+    assert full[4]["trainable_fraction"] == 1.0
+
+    cmd = [bin_path("nnUNetv2_train"), "901", "3d_fullres", "3", "-tr", TRAINER, "-pretrained_weights",
+           str(workspace.checkpoint), "-device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    table = out / "fold_3" / "lr_table.json"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if table.is_file() and len(json.loads(table.read_text() or "[]")) >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (out / "fold_3" / "checkpoint_latest.pth").is_file() and not (out / "fold_3" / "checkpoint_final.pth").exists()
+    workspace.train(workspace.ANISO, TRAINER, "3", "--c", env=env)
+    resumed = json.loads(table.read_text())
+    strip = [{k: r[k] for k in ("epoch", "lr", "trainable")} for r in resumed]
+    assert strip == [{k: r[k] for k in ("epoch", "lr", "trainable")} for r in full]

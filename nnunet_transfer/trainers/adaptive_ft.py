@@ -1,13 +1,20 @@
-"""``nnUNetTrainerAdaptiveFT``: nnU-Net's trainer with adaptive pretrained loading and recipes.
+"""``nnUNetTrainerAdaptiveFT``: nnU-Net's trainer with adaptive pretrained loading, recipes and schedules.
 
 ``nnUNetv2_train D C F -tr nnUNetTrainerAdaptiveFT -pretrained_weights CKPT`` sends the weights through
 :func:`nnunet_transfer.load_pretrained` instead of nnU-Net's strict loader; the report goes to the training log and
 to ``pretrained_load_report.json`` in the fold folder. The checkpoint may also come from the recipe
 (``pretrained.checkpoint``); it is loaded once, at the start of a new training, never over a resumed (``--c``) run.
+
+The recipe's schedule (parameter groups, freeze phases, per-group learning rates, warmup) replaces nnU-Net's single
+polynomial rate: every parameter is in the optimizer from the start (one param group per parameter group), frozen
+groups get no gradient and their norm layers stay in eval mode, and under DDP the wrapper is rebuilt whenever the
+trainable set changes so that newly unfrozen parameters are synchronised. Each epoch's rates and trainable groups
+go to the log and to ``lr_table.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from pathlib import Path
@@ -18,14 +25,25 @@ import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_transfer.errors import LoadGuardError
-from nnunet_transfer.loader import load_pretrained
+from nnunet_transfer.groups import ParameterGroup, derive_groups
+from nnunet_transfer.loader import load_pretrained, unwrap_network
 from nnunet_transfer.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
 from nnunet_transfer.report import LoadReport
+from nnunet_transfer.schedule import (
+    PerGroupLRScheduler,
+    Schedule,
+    apply_freeze,
+    build_optimizer,
+    freeze_norms,
+    resolve_schedule,
+    rewrap_ddp,
+)
 
-__all__ = ["REPORT_FILE", "RECIPE_FILE", "nnUNetTrainerAdaptiveFT"]
+__all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "REPORT_FILE", "nnUNetTrainerAdaptiveFT"]
 
 REPORT_FILE = "pretrained_load_report.json"
 RECIPE_FILE = "adaptive_ft_recipe.yaml"
+LR_TABLE_FILE = "lr_table.json"
 
 _TRAINERS: weakref.WeakSet = weakref.WeakSet()
 
@@ -70,6 +88,9 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self._apply_recipe(self.ft_recipe)
         self.pretrained_report: LoadReport | None = None
         self._resumed = False
+        self.param_groups: list[ParameterGroup] = []
+        self.schedule: Schedule | None = None
+        self._trainable: list[str] | None = None
         _TRAINERS.add(self)
         _install_pretrained_hook()
 
@@ -90,6 +111,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             ("val_iterations_per_epoch", "num_val_iterations_per_epoch"),
             ("initial_lr", "initial_lr"),
             ("weight_decay", "weight_decay"),
+            ("save_every", "save_every"),
         ):
             value = getattr(recipe, field)
             if value is not None:
@@ -123,6 +145,51 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.print_to_log_file(report.summary(), also_print_to_console=True)
         if self.local_rank == 0:
             report.write_json(Path(self.output_folder) / REPORT_FILE)
+
+    # --- schedule -----------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        """One optimizer param group per parameter group, all parameters from the start; our per-group scheduler."""
+        recipe = self.ft_recipe
+        self.param_groups = derive_groups(unwrap_network(self.network), recipe.groups)
+        self.schedule = resolve_schedule(recipe, [g.name for g in self.param_groups], self.num_epochs, self.initial_lr)
+        optimizer = build_optimizer(self.param_groups, self.schedule, recipe.optimizer)
+        return optimizer, PerGroupLRScheduler(optimizer, self.schedule)
+
+    def _set_trainable(self, epoch: int) -> None:
+        trainable = self.schedule.trainable(epoch)
+        changed = apply_freeze(self.param_groups, trainable)
+        if changed and self._trainable is not None:
+            self.print_to_log_file(f"epoch {epoch}: trainable groups now {trainable}")
+        if changed and self.is_ddp:
+            # DDP fixed at construction which parameters it synchronises: rebuild it for the new trainable set
+            self.network = rewrap_ddp(self.network)
+        self._trainable = trainable
+
+    def _norms_to_eval(self) -> None:
+        if self.ft_recipe.frozen_norm == "eval" and self._trainable is not None:
+            freeze_norms(unwrap_network(self.network), self.param_groups, self._trainable)
+
+    def _log_schedule(self, epoch: int) -> None:
+        lrs = {pg["name"]: pg["lr"] for pg in self.optimizer.param_groups}
+        total = sum(g.numel for g in self.param_groups)
+        frac = sum(g.numel for g in self.param_groups if g.name in self._trainable) / total
+        self.print_to_log_file("learning rates: " + ", ".join(f"{k} {v:.3g}" for k, v in lrs.items())
+                               + f"; trainable fraction {frac:.3f}")
+        if self.local_rank != 0:
+            return
+        path = Path(self.output_folder) / LR_TABLE_FILE
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        rows = [r for r in rows if r["epoch"] < epoch]
+        rows.append({"epoch": epoch, "lr": lrs, "trainable": list(self._trainable), "trainable_fraction": frac})
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        os.replace(tmp, path)
+
+    def on_train_epoch_start(self) -> None:
+        self._set_trainable(self.current_epoch)
+        super().on_train_epoch_start()  # network.train(), scheduler step (every group), logs group 0
+        self._norms_to_eval()
+        self._log_schedule(self.current_epoch)
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:

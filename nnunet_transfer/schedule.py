@@ -1,0 +1,187 @@
+"""Fine-tuning schedules: which parameter groups train from which epoch, and each group's learning rate.
+
+The learning rate of group ``g`` at epoch ``e`` is::
+
+    base_lr * multiplier[g] * (1 - e / num_epochs) ** 0.9 * warmup[g](e)      (0 while g is frozen)
+
+nnU-Net's polynomial decay, times the group's multiplier, times a linear warmup over ``warmup_epochs`` epochs for
+groups that become trainable after the first phase (``(e - start + 1) / warmup_epochs`` until it reaches 1).
+Everything is a pure function of the epoch, so a resumed run (``--c``) follows exactly the same table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnunet_transfer.errors import RecipeError
+from nnunet_transfer.groups import ParameterGroup, select_groups
+
+__all__ = [
+    "PerGroupLRScheduler",
+    "Schedule",
+    "apply_freeze",
+    "build_optimizer",
+    "freeze_norms",
+    "resolve_schedule",
+    "rewrap_ddp",
+]
+
+POLY_EXPONENT = 0.9
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A resolved schedule for one network's groups (see module docstring)."""
+
+    groups: tuple[str, ...]
+    unfreeze_epoch: dict[str, int | None]  # None: never trains
+    multiplier: dict[str, float]
+    weight_decay: dict[str, float]
+    base_lr: float
+    num_epochs: int
+    warmup_epochs: int = 0
+
+    def trainable(self, epoch: int) -> list[str]:
+        """Groups that train at ``epoch``."""
+        return [g for g in self.groups if (s := self.unfreeze_epoch[g]) is not None and s <= epoch]
+
+    def warmup(self, group: str, epoch: int) -> float:
+        start = self.unfreeze_epoch[group]
+        if start is None or epoch < start:
+            return 0.0
+        first = min(s for s in self.unfreeze_epoch.values() if s is not None)
+        if start == first or self.warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, (epoch - start + 1) / self.warmup_epochs)
+
+    def lr(self, group: str, epoch: int) -> float:
+        poly = (1 - epoch / self.num_epochs) ** POLY_EXPONENT
+        return self.base_lr * self.multiplier[group] * poly * self.warmup(group, epoch)
+
+    def table(self, epochs: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """One row per epoch: the epoch, every group's learning rate, the trainable groups."""
+        rows = []
+        for e in epochs if epochs is not None else range(self.num_epochs):
+            rows.append({"epoch": e, "lr": {g: self.lr(g, e) for g in self.groups}, "trainable": self.trainable(e)})
+        return rows
+
+
+def _deepest_first(names: list[str]) -> list[str]:
+    def depth(name: str) -> tuple[int, int]:
+        m = re.search(r"(\d+)$", name)
+        return (0 if "stem" in name else 1, int(m.group(1)) if m else -1)
+
+    return sorted(names, key=depth, reverse=True)
+
+
+def resolve_schedule(recipe: Any, group_names: Sequence[str], num_epochs: int, base_lr: float) -> Schedule:
+    """Resolve a recipe's phases, progressive unfreezing, multipliers and weight decays for these groups."""
+    groups = list(group_names)
+    unfreeze: dict[str, int | None] = dict.fromkeys(groups)
+    phases = [(p.start_epoch, p.unfreeze, f"phases[{i}].unfreeze") for i, p in enumerate(recipe.phases)]
+    prog = recipe.progressive
+    if prog is not None:
+        ordered = select_groups(prog.groups, groups, "progressive.groups")
+        if prog.order == "deepest_first":
+            ordered = _deepest_first(ordered)
+        for k, g in enumerate(ordered):
+            phases.append((prog.start_epoch + k * prog.every, [g], f"progressive ({g})"))
+    if not phases:
+        unfreeze = dict.fromkeys(groups, 0)
+    else:
+        if min(s for s, _, _ in phases) != 0:
+            raise RecipeError("phases: the first phase must start at epoch 0 (otherwise nothing trains at first)")
+        for start, selectors, where in sorted(phases, key=lambda p: p[0]):
+            for g in select_groups(selectors, groups, where):
+                if unfreeze[g] is not None:
+                    raise RecipeError(f"{where}: group {g!r} is unfrozen twice (already at epoch {unfreeze[g]})")
+                unfreeze[g] = start
+    multiplier = dict.fromkeys(groups, 1.0)
+    for sel, m in recipe.lr_multipliers.items():
+        for g in select_groups([sel], groups, "lr_multipliers"):
+            multiplier[g] = float(m)
+    default_wd = recipe.weight_decay if recipe.weight_decay is not None else 3e-5
+    weight_decay = dict.fromkeys(groups, float(default_wd))
+    for sel, wd in recipe.group_weight_decay.items():
+        for g in select_groups([sel], groups, "group_weight_decay"):
+            weight_decay[g] = float(wd)
+    return Schedule(tuple(groups), unfreeze, multiplier, weight_decay, base_lr, num_epochs, recipe.warmup_epochs)
+
+
+def build_optimizer(
+    groups: Sequence[ParameterGroup], schedule: Schedule, optimizer: str = "sgd"
+) -> torch.optim.Optimizer:
+    """One optimizer param group per parameter group (named), holding every parameter from the start, so that the
+    optimizer state layout never changes when groups are frozen or unfrozen. SGD is nnU-Net's (momentum 0.99,
+    Nesterov)."""
+    param_groups = [
+        {"params": g.params, "name": g.name, "weight_decay": schedule.weight_decay[g.name],
+         "lr": schedule.lr(g.name, 0)}
+        for g in groups
+    ]
+    if optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=schedule.base_lr, momentum=0.99, nesterov=True)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=schedule.base_lr)
+    raise RecipeError(f"optimizer {optimizer!r}: expected 'sgd' or 'adamw'")
+
+
+class PerGroupLRScheduler(torch.optim.lr_scheduler.LRScheduler):
+    """Sets every named param group's rate from the schedule; ``step(epoch)`` as nnU-Net's PolyLRScheduler."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, current_step: int | None = None):
+        self.schedule = schedule
+        self.ctr = 0
+        super().__init__(optimizer, current_step if current_step is not None else -1)
+
+    def step(self, current_step: int | None = None) -> None:  # type: ignore[override]
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        for pg in self.optimizer.param_groups:
+            pg["lr"] = self.schedule.lr(pg["name"], current_step)
+        self._last_lr = [pg["lr"] for pg in self.optimizer.param_groups]
+
+
+def apply_freeze(groups: Sequence[ParameterGroup], trainable: Sequence[str]) -> bool:
+    """Set ``requires_grad`` by group (frozen parameters get no gradient at all). Returns True if anything changed."""
+    changed = False
+    train = set(trainable)
+    for g in groups:
+        flag = g.name in train
+        for p in g.params:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+                changed = True
+    return changed
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def freeze_norms(network: nn.Module, groups: Sequence[ParameterGroup], trainable: Sequence[str]) -> int:
+    """Put norm layers whose parameters all belong to frozen groups into eval mode (BatchNorm statistics then stay
+    as loaded). Call after every ``network.train()``. Returns the number of layers set to eval."""
+    group_of = {id(p): g.name for g in groups for p in g.params}
+    train = set(trainable)
+    count = 0
+    for module in network.modules():
+        if isinstance(module, _NORMS):
+            owners = {group_of.get(id(p)) for p in module.parameters(recurse=False)}
+            if owners and not owners & train:
+                module.eval()
+                count += 1
+    return count
+
+
+def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
+    """A new DDP wrapper around the same module (same parameters, same optimizer references), registering exactly
+    the parameters that require gradients now. DDP decides at construction which parameters it synchronises, so this
+    is needed whenever the trainable set changes; parameters are broadcast from rank 0 again on construction."""
+    return nn.parallel.DistributedDataParallel(ddp.module, device_ids=ddp.device_ids)
