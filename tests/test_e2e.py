@@ -130,6 +130,12 @@ def test_resumed_schedule_has_the_same_per_epoch_table(workspace):
     assert [len(r["trainable"]) for r in full] == [4, 5, 6, 7, 8]
     assert full[0]["lr"]["encoder.stage0"] == 0 and full[0]["trainable_fraction"] < 0.5
     assert full[4]["trainable_fraction"] == 1.0
+    import matplotlib.image as mpimg
+
+    height = mpimg.imread(str(out / "fold_2" / "progress.png")).shape[0]
+    assert height > 5400  # nnU-Net's three panels (54 in at 100 dpi) plus our per-group learning-rate panel
+    plans = json.loads((out / "plans.json").read_text())
+    assert plans["nnunet_transfer_recipe"]["name"] == "progressive"  # the recipe in force travels with the plans
 
     cmd = [bin_path("nnUNetv2_train"), "901", "3d_fullres", "3", "-tr", TRAINER, "-pretrained_weights",
            str(workspace.checkpoint), "-device", "cpu"]

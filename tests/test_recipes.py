@@ -8,11 +8,43 @@ from nnunet_transfer import RecipeError, load_recipe
 from nnunet_transfer.recipes import available_recipes
 
 
-@pytest.mark.parametrize("name", ["default", "quick"])
-def test_shipped_recipes_load(name):
-    assert name in available_recipes()
+@pytest.mark.parametrize("name", available_recipes())
+@pytest.mark.parametrize("residual", [False, True])
+def test_shipped_recipes_load_and_resolve_on_real_networks(name, residual, unet_factory):
+    from nnunet_transfer.groups import derive_groups
+    from nnunet_transfer.schedule import resolve_schedule
+
     recipe = load_recipe(name)
-    assert recipe.name == name and recipe.pretrained.min_coverage == 0.5
+    assert recipe.name == name
+    net = unet_factory(residual=residual, features=(4, 8, 16, 16, 16, 16, 16), kernels=((3, 3, 3),) * 7,
+                       strides=((1, 1, 1),) + ((2, 2, 2),) * 6)
+    groups = [g.name for g in derive_groups(net, recipe.groups)]
+    epochs = recipe.num_epochs or 1000
+    schedule = resolve_schedule(recipe, groups, epochs, 0.01)
+    assert set(schedule.trainable(epochs - 1)) >= {"heads"}
+    if name != "decoder_only":  # every group trains by the end of the schedule
+        assert schedule.trainable(epochs - 1) == groups
+
+
+def test_default_recipe_freezes_the_encoder_first_then_unfreezes_deepest_first():
+    from nnunet_transfer.schedule import resolve_schedule
+
+    groups = [f"encoder.stage{i}" for i in range(6)] + [f"decoder.stage{j}" for j in range(5)] + ["heads"]
+    s = resolve_schedule(load_recipe("default"), groups, 1000, 0.01)
+    assert s.trainable(0) == groups[6:]
+    assert [s.unfreeze_epoch[f"encoder.stage{i}"] for i in range(6)] == [175, 150, 125, 100, 75, 50]
+    assert s.lr("encoder.stage5", 50) == pytest.approx(0.01 * 0.1 * (1 - 50 / 1000) ** 0.9 / 10)
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerAdaptiveFT", "nnUNetTrainerAdaptiveFT_DecoderOnly",
+                                  "nnUNetTrainerAdaptiveFT_Full", "nnUNetTrainerAdaptiveFT_250epochs",
+                                  "nnUNetTrainerAdaptiveFT_100epochs"])
+def test_nnunet_finds_every_variant(name, capsys):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    cls = recursive_find_trainer_class_by_name(name)
+    assert cls.__module__.startswith("nnunet_transfer.trainers.")
+    assert load_recipe(cls.recipe)
 
 
 @pytest.mark.parametrize(

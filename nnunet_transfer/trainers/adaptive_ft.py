@@ -27,6 +27,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_transfer.errors import LoadGuardError
 from nnunet_transfer.groups import ParameterGroup, derive_groups
 from nnunet_transfer.loader import load_pretrained, unwrap_network
+from nnunet_transfer.plotting import add_schedule_panel
 from nnunet_transfer.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
 from nnunet_transfer.report import LoadReport
 from nnunet_transfer.schedule import (
@@ -39,11 +40,12 @@ from nnunet_transfer.schedule import (
     rewrap_ddp,
 )
 
-__all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "REPORT_FILE", "nnUNetTrainerAdaptiveFT"]
+__all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "RECIPE_PLANS_KEY", "REPORT_FILE", "nnUNetTrainerAdaptiveFT"]
 
 REPORT_FILE = "pretrained_load_report.json"
 RECIPE_FILE = "adaptive_ft_recipe.yaml"
 LR_TABLE_FILE = "lr_table.json"
+RECIPE_PLANS_KEY = "nnunet_transfer_recipe"
 
 _TRAINERS: weakref.WeakSet = weakref.WeakSet()
 
@@ -86,6 +88,8 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.ft_recipe: Recipe = self._resolve_recipe(continue_training)
         self._apply_recipe(self.ft_recipe)
+        # the recipe in force travels with every checkpoint (init_args.plans) and the results' plans.json
+        self.my_init_kwargs["plans"][RECIPE_PLANS_KEY] = self.ft_recipe.model_dump(mode="json", exclude={"source"})
         self.pretrained_report: LoadReport | None = None
         self._resumed = False
         self.param_groups: list[ParameterGroup] = []
@@ -190,6 +194,13 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         super().on_train_epoch_start()  # network.train(), scheduler step (every group), logs group 0
         self._norms_to_eval()
         self._log_schedule(self.current_epoch)
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()  # writes progress.png (rank 0)
+        if self.local_rank == 0:
+            table = Path(self.output_folder) / LR_TABLE_FILE
+            if table.is_file():
+                add_schedule_panel(Path(self.output_folder) / "progress.png", json.loads(table.read_text()))
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
