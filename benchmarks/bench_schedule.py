@@ -1,0 +1,125 @@
+"""Per-iteration time and peak memory of nnUNetTrainerAdaptiveFT's schedules vs the stock nnUNetTrainer, on CPU.
+
+Makes a synthetic dataset, plans and preprocesses it with the stock CLI, then runs each configuration in its own
+fresh process (alternating, ``--rounds`` rounds): the trainer is built as nnU-Net builds it, a few batches are drawn
+from its dataloader, and ``train_step`` is timed on them (data loading excluded). Printed: median seconds per
+iteration and the training-step memory (peak RSS during the steps minus RSS before them), and the ratios:
+
+* AdaptiveFT with nothing frozen / stock nnUNetTrainer: time (target <= 1.02);
+* encoder frozen / nothing frozen: time (target <= 0.75) and memory (target <= 0.85).
+
+    python benchmarks/bench_schedule.py --rounds 2 --iters 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS = {
+    "stock": ("nnUNetTrainer", None),
+    "adaptive_nothing_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_full\n"),
+    "adaptive_encoder_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_frozen\nphases:\n"
+                                "  - {start_epoch: 0, unfreeze: ['decoder.*', 'heads']}\n"),
+}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def worker(config: str, root: str, iters: int) -> None:
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    torch.set_num_threads(2)
+    trainer_name, recipe = CONFIGS[config]
+    if recipe:
+        path = Path(root) / f"{config}.yaml"
+        path.write_text(recipe)
+        os.environ["NNUNET_TRANSFER_RECIPE"] = str(path)
+    pre = Path(root) / "preprocessed" / "Dataset950_Bench"
+    plans = load_json(str(pre / "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    cls = recursive_find_trainer_class_by_name(trainer_name)
+    trainer = cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=load_json(str(pre / "dataset.json")),
+                  device=torch.device("cpu"))
+    trainer.num_epochs = 1000
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
+    batches = [next(trainer.dataloader_train) for _ in range(3)]
+    trainer.train_step(batches[0])  # warm-up
+    rss_before = _rss_mb()
+    times = []
+    for i in range(iters):
+        start = time.perf_counter()
+        trainer.train_step(batches[i % len(batches)])
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trainable = sum(p.numel() for p in trainer.network.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.network.parameters())
+    print(json.dumps({"time": statistics.median(times), "step_mem_mb": peak - rss_before, "peak_mb": peak,
+                      "trainable_fraction": trainable / total}))
+    os._exit(0)  # skip the dataloaders' shutdown
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.root, args.iters)
+        return
+
+    from nnunet_transfer.synthetic import make_dataset
+
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(tmp.name)
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1",
+               nnUNet_compile="false")
+    make_dataset(root / "raw", 950, "Bench", num_cases=5, shape=tuple(args.shape), spacing=(1, 1, 1))
+    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "950", "-c",
+                    "3d_fullres", "-npfp", "2", "-np", "2"], env=env, check=True, capture_output=True)
+    plans = json.loads((root / "preprocessed" / "Dataset950_Bench" / "nnUNetPlans.json").read_text())
+    print(f"patch {plans['configurations']['3d_fullres']['patch_size']}, batch "
+          f"{plans['configurations']['3d_fullres']['batch_size']}, {args.iters} timed iterations per run, "
+          f"{args.rounds} rounds")
+    results: dict[str, list[dict]] = {c: [] for c in CONFIGS}
+    order = list(CONFIGS)
+    for r in range(args.rounds):
+        for config in order if r % 2 == 0 else order[::-1]:
+            # data augmentation in the main process (n_proc_DA 0): the timed steps share the 2 cores with nothing
+            out = subprocess.run([sys.executable, __file__, "--worker", config, "--root", str(root), "--iters",
+                                  str(args.iters)], env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True,
+                                 text=True, check=True)
+            results[config].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = {c: {k: statistics.median(x[k] for x in v) for k in v[0]} for c, v in results.items()}
+    for c in order:
+        m = med[c]
+        print(f"{c:24s} {m['time']:.3f} s/iteration, step memory {m['step_mem_mb']:.0f} MiB (peak RSS "
+              f"{m['peak_mb']:.0f} MiB), trainable {m['trainable_fraction']:.3f}")
+    a, s, f = med["adaptive_nothing_frozen"], med["stock"], med["adaptive_encoder_frozen"]
+    print(f"time AdaptiveFT (nothing frozen) / stock: {a['time'] / s['time']:.3f} (target <= 1.02)")
+    print(f"time encoder frozen / nothing frozen: {f['time'] / a['time']:.3f} (target <= 0.75)")
+    print(f"step memory encoder frozen / nothing frozen: {f['step_mem_mb'] / a['step_mem_mb']:.3f} (target <= 0.85)")
+    print(f"peak RSS encoder frozen / nothing frozen: {f['peak_mb'] / a['peak_mb']:.3f}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
