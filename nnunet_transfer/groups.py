@@ -7,6 +7,9 @@ Default groups for the architectures nnU-Net ships (PlainConvUNet, ResidualEncod
 * ``decoder.stage{j}`` - decoder stage ``j`` with the transposed convolution that feeds it (0 = deepest);
 * ``heads`` - the segmentation heads (``decoder.seg_layers.*``).
 
+Primus: ``encoder.stem`` (patch embedding, position embedding), ``encoder.stage{i}`` (transformer block ``i``; the
+last one also holds the final norm), ``heads`` (the patch decoder). Any other architecture: one group ``all``.
+
 Other architectures take explicit patterns: ``{"name": [regex, ...]}``, each regex matched against the whole
 parameter name (``re.fullmatch``). Every parameter must fall in exactly one group, and every group must hold one.
 """
@@ -55,6 +58,14 @@ def default_group_patterns(network: nn.Module) -> dict[str, list[str]]:
         groups[f"decoder.stage{j}"] = [rf"decoder\.stages\.{j}\..+", rf"decoder\.transpconvs\.{j}\..+"]
     if any(n.startswith("decoder.seg_layers.") for n in names):
         groups["heads"] = [r"decoder\.seg_layers\..+"]
+    if not groups and any(n.startswith("eva.blocks.") for n in names):  # Primus: patch embedding, ViT, patch decoder
+        blocks = _indices(names, "eva.blocks.")
+        groups["encoder.stem"] = [r"down_projection\..+", r"eva\.(?!blocks\.|norm\.).+"]
+        for i in blocks:
+            groups[f"encoder.stage{i}"] = [rf"eva\.blocks\.{i}\..+"] + ([r"eva\.norm\..+"] if i == blocks[-1] else [])
+        groups["heads"] = [r"up_projection\..+"]
+    if not groups:  # an architecture we have no names for: one group (give patterns in the recipe to split it)
+        groups["all"] = [r".+"]
     return groups
 
 

@@ -36,6 +36,20 @@ def test_groups_cover_every_parameter_exactly_once(unet_factory, residual):
     assert any(n.startswith("decoder.transpconvs.0.") for n in groups[names.index("decoder.stage0")].names)
 
 
+def test_primus_and_unknown_architectures():
+    from dynamic_network_architectures.architectures.primus import Primus
+
+    net = Primus(1, 96, (8, 8, 8), 3, eva_depth=2, eva_numheads=4, input_shape=(32, 32, 32))
+    groups = derive_groups(net)
+    assert [g.name for g in groups] == ["encoder.stem", "encoder.stage0", "encoder.stage1", "heads"]
+    assert sum(g.numel for g in groups) == sum(p.numel() for p in net.parameters())
+    assert "eva.norm.weight" in groups[2].names and "eva.pos_embed" in groups[0].names
+    other = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    assert [g.name for g in derive_groups(other)] == ["all"]
+    with pytest.raises(RecipeError, match=r"phases\[0\]\.unfreeze: 'decoder\.\*' matches no parameter group"):
+        resolve_schedule(_recipe(phases=[{"start_epoch": 0, "unfreeze": ["decoder.*"]}]), ["all"], 10, 0.01)
+
+
 def test_groups_of_the_network_nnunet_builds_from_plans(workspace):
     import json
 

@@ -156,7 +156,12 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         recipe = self.ft_recipe
         self.param_groups = derive_groups(unwrap_network(self.network), recipe.groups)
         self.schedule = resolve_schedule(recipe, [g.name for g in self.param_groups], self.num_epochs, self.initial_lr)
-        optimizer = build_optimizer(self.param_groups, self.schedule, recipe.optimizer)
+        # nnU-Net logs (and plots) param group 0 only: lead with a group that trains from the start at the full rate
+        s = self.schedule
+        lead = max((g for g in self.param_groups if s.unfreeze_epoch[g.name] == 0),
+                   key=lambda g: s.multiplier[g.name], default=self.param_groups[0])
+        ordered = [lead] + [g for g in self.param_groups if g is not lead]
+        optimizer = build_optimizer(ordered, self.schedule, recipe.optimizer)
         return optimizer, PerGroupLRScheduler(optimizer, self.schedule)
 
     def _set_trainable(self, epoch: int) -> None:
