@@ -109,9 +109,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from nnunet_transfer.checkpoint import read_checkpoint
-    from nnunet_transfer.errors import LoadGuardError
     from nnunet_transfer.keys import parse_rename_rule
-    from nnunet_transfer.loader import load_pretrained
+    from nnunet_transfer.loader import LoadOptions, plan_load
     from nnunet_transfer.nnunet import build_network, find_target_dataset
 
     try:
@@ -122,12 +121,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     source = read_checkpoint(args.checkpoint, container=args.container, allow_globals=args.allow_global,
                              trust_checkpoint=args.trust_checkpoint)
     network = build_network(target.plans, args.configuration, target.dataset_json)
-    try:
-        report = load_pretrained(network, source, target.dataset_json.get("labels"), dry_run=True,
-                                 min_coverage=args.min_coverage, rename=rename)
-        code = 0
-    except LoadGuardError as e:
-        report, code = e.report, 1
+    options = LoadOptions.from_kwargs(min_coverage=args.min_coverage, rename=rename)
+    report, _ = plan_load(network, source, target.dataset_json.get("labels"), options)
+    code = 0 if report.passed else 1
     print(report.table() if args.verbose else report.summary())
     if code:
         print(f"FAIL: coverage {report.coverage:.3f} below the minimum {report.min_coverage}. Main reasons: "

@@ -12,7 +12,7 @@ from torch import nn
 
 from nnunet_transfer.errors import PlansError
 
-__all__ = ["TargetDataset", "build_network", "find_target_dataset"]
+__all__ = ["TargetDataset", "build_network", "dataset_name", "find_target_dataset"]
 
 
 @dataclass
@@ -39,18 +39,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def dataset_name(dataset: str | int) -> str | None:
+    """nnU-Net's full dataset name (``Dataset123_Name``) for a name or ID, or None if no nnU-Net folder has it."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        return maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else str(dataset))
+    except (RuntimeError, ValueError):
+        return None
+
+
 def find_target_dataset(dataset: str, plans_identifier: str = "nnUNetPlans") -> TargetDataset:
     """Locate ``$nnUNet_preprocessed/DatasetXXX_Name/{plans_identifier}.json`` and its dataset.json."""
     root = os.environ.get("nnUNet_preprocessed")
     if not root:
         raise PlansError("nnUNet_preprocessed is not set: it must point to nnU-Net's preprocessed data folder")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        name = maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else dataset)
-    except (RuntimeError, ValueError) as e:
-        where = "nnUNet_raw, nnUNet_preprocessed or nnUNet_results"
-        raise PlansError(f"dataset {dataset!r} not found in {where} ({e})") from None
+    name = dataset_name(dataset)
+    if name is None:
+        raise PlansError(f"dataset {dataset!r} not found in nnUNet_raw, nnUNet_preprocessed or nnUNet_results")
     folder = Path(root) / name
     plans_file = folder / f"{plans_identifier}.json"
     if not plans_file.is_file():

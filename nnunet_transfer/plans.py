@@ -136,12 +136,11 @@ def _raw_dataset(target: str | int) -> tuple[str, Path, dict[str, Any]]:
     pre = os.environ.get("nnUNet_preprocessed")
     if not raw or not pre:
         raise PlansError("nnUNet_raw and nnUNet_preprocessed must be set")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_transfer.nnunet import dataset_name
 
-    try:
-        name = maybe_convert_to_dataset_name(int(target) if str(target).isdigit() else str(target))
-    except (RuntimeError, ValueError):
-        raise PlansError(f"target dataset {target!r}: no raw data in nnUNet_raw ({raw})") from None
+    name = dataset_name(target)
+    if name is None:
+        raise PlansError(f"target dataset {target!r}: no raw data in nnUNet_raw ({raw})")
     folder = Path(raw) / name
     if not (folder / "dataset.json").is_file():
         raise PlansError(f"target dataset {name}: no raw data ({folder / 'dataset.json'} missing); the target's own "
@@ -423,11 +422,11 @@ def check_transfer(transfer: PlansTransfer, min_coverage: float = 0.5) -> list[t
     network the source plans build for the source (needs its dataset.json) against the target's.
     """
     from nnunet_transfer.checkpoint import SourceCheckpoint
-    from nnunet_transfer.errors import LoadGuardError
-    from nnunet_transfer.loader import load_pretrained
+    from nnunet_transfer.loader import LoadOptions, plan_load
     from nnunet_transfer.nnunet import build_network
 
     src = transfer.source
+    options = LoadOptions(min_coverage=min_coverage)
     results = []
     ckpt = src.checkpoint
     for c in transfer.configurations:
@@ -443,10 +442,6 @@ def check_transfer(transfer: PlansTransfer, min_coverage: float = 0.5) -> list[t
         else:
             source = ckpt
         network = build_network(transfer.plans, c, transfer.target_dataset_json)
-        try:
-            report = load_pretrained(network, source, transfer.target_dataset_json.get("labels"), dry_run=True,
-                                     min_coverage=min_coverage)
-        except LoadGuardError as e:
-            report = e.report
+        report, _ = plan_load(network, source, transfer.target_dataset_json.get("labels"), options)
         results.append((c, report))
     return results

@@ -95,6 +95,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.param_groups: list[ParameterGroup] = []
         self.schedule: Schedule | None = None
         self._trainable: list[str] | None = None
+        self._lr_rows: list[dict[str, Any]] | None = None  # lr_table.json, read once (a resumed run's epochs)
         _TRAINERS.add(self)
         _install_pretrained_hook()
 
@@ -187,9 +188,11 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         if self.local_rank != 0:
             return
         path = Path(self.output_folder) / LR_TABLE_FILE
-        rows = json.loads(path.read_text()) if path.is_file() else []
-        rows = [r for r in rows if r["epoch"] < epoch]
+        if self._lr_rows is None:
+            self._lr_rows = json.loads(path.read_text()) if path.is_file() else []
+        rows = [r for r in self._lr_rows if r["epoch"] < epoch]
         rows.append({"epoch": epoch, "lr": lrs, "trainable": list(self._trainable), "trainable_fraction": frac})
+        self._lr_rows = rows
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(rows, indent=1))
         os.replace(tmp, path)
@@ -202,10 +205,8 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
 
     def on_epoch_end(self) -> None:
         super().on_epoch_end()  # writes progress.png (rank 0)
-        if self.local_rank == 0:
-            table = Path(self.output_folder) / LR_TABLE_FILE
-            if table.is_file():
-                add_schedule_panel(Path(self.output_folder) / "progress.png", json.loads(table.read_text()))
+        if self.local_rank == 0 and self._lr_rows:
+            add_schedule_panel(Path(self.output_folder) / "progress.png", self._lr_rows)
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
