@@ -3,15 +3,16 @@
 1. a source dataset (1 mm isotropic) and a small target dataset (1x1x3 mm, other contrast, few cases);
 2. pretrain on the source with a short stock trainer;
 3. on the target, with the same number of iterations each:
-   * ``default recipe``: ``nnUNetTrainerAdaptiveFT -pretrained_weights`` on the target's own plans, with the default
-     recipe's shape (frozen encoder, then progressive unfreezing deepest-first, warmup, encoder at 0.1x) scaled to
-     the budget;
+   * ``default recipe``: ``nnUNetTrainerAdaptiveFT -pretrained_weights`` on the target's own plans, with the shipped
+     default recipe (frozen encoder, then progressive unfreezing deepest-first, warmup, encoder at 0.1x) scaled to
+     the budget by ``Recipe.scaled``;
    * ``stock fine-tuning``: the stock trainer with ``-pretrained_weights`` on plans moved from the checkpoint
      (``nnunet-transfer plans``; the stock loader needs identical networks) and stock hyperparameters;
    * ``from scratch``: the stock trainer on the target's own plans.
-4. print each one's validation Dice (fold 0).
+4. every run on each of nnU-Net's five folds (each fold: its own training cases and validation cases); print each
+   arm's validation Dice per fold, its mean, and the per-fold difference of the default recipe to the others.
 
-    python benchmarks/bench_transfer.py --pretrain-epochs 12 --epochs 6 --iters 25
+    python benchmarks/bench_transfer.py --pretrain-epochs 60 --epochs 40 --iters 5 --folds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,20 +47,8 @@ class nnUNetTrainer_BenchFT(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = {epochs}
         self.num_iterations_per_epoch = {iters}
-        self.num_val_iterations_per_epoch = 5
+        self.num_val_iterations_per_epoch = 2
 '''
-
-RECIPE = """name: bench_default
-num_epochs: {epochs}
-iterations_per_epoch: {iters}
-val_iterations_per_epoch: 5
-phases:
-  - {{start_epoch: 0, unfreeze: ["decoder.*", "heads"]}}
-progressive: {{groups: ["encoder.*"], start_epoch: 1, every: 1, order: deepest_first}}
-lr_multipliers: {{"encoder.*": 0.1}}
-warmup_epochs: 1
-"""
-
 
 def _run(cmd: list[str], env: dict[str, str]) -> None:
     start = time.time()
@@ -69,18 +59,28 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
           flush=True)
 
 
-def _dice(folder: Path) -> float:
-    return json.loads((folder / "fold_0" / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+def _dice(folder: Path, fold: int) -> float:
+    summary = folder / f"fold_{fold}" / "validation" / "summary.json"
+    return json.loads(summary.read_text())["foreground_mean"]["Dice"]
+
+
+def _mean_sd(values: list[float], signed: bool = False) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} +- {sd:.3f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-epochs", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--iters", type=int, default=25)
+    ap.add_argument("--pretrain-epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--target-cases", type=int, default=10)
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = ap.parse_args()
 
+    import yaml
+
+    from nnunet_transfer.recipes import load_recipe
     from nnunet_transfer.synthetic import make_dataset
 
     tmp = tempfile.TemporaryDirectory()
@@ -89,7 +89,9 @@ def main() -> None:
     (root / "trainers").mkdir()
     (root / "trainers" / "bench_trainers.py").write_text(
         TRAINERS.format(pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, iters=args.iters))
-    (root / "recipe.yaml").write_text(RECIPE.format(epochs=args.epochs, iters=args.iters))
+    recipe = load_recipe("default").scaled(args.epochs).model_copy(
+        update={"iterations_per_epoch": args.iters, "val_iterations_per_epoch": 2})
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True)))
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2",
                nnUNet_compile="false", nnUNet_extTrainer=str(root / "trainers"))
@@ -97,34 +99,47 @@ def main() -> None:
     make_dataset(root / "raw", 961, "Target", num_cases=args.target_cases, shape=(12, 32, 32), spacing=(3, 1, 1),
                  seed=1, channel_names={"0": "T2"})
     print(f"budget: pretrain {args.pretrain_epochs}x{args.iters} iterations; each target run {args.epochs}x"
-          f"{args.iters} iterations", flush=True)
+          f"{args.iters} iterations; folds {args.folds}", flush=True)
+    print(f"default recipe at this budget: frozen encoder until epoch {recipe.progressive.start_epoch}, then one "
+          f"stage every {recipe.progressive.every} epoch(s), warmup {recipe.warmup_epochs}", flush=True)
+    train = str(bindir / "nnUNetv2_train")
     _run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "960", "961", "-c", "3d_fullres", "-npfp", "2",
           "-np", "2"], env)
-    _run([str(bindir / "nnUNetv2_train"), "960", "3d_fullres", "0", "-tr", "nnUNetTrainer_BenchPretrain",
-          "-device", "cpu"], env)
+    _run([train, "960", "3d_fullres", "0", "-tr", "nnUNetTrainer_BenchPretrain", "-device", "cpu"], env)
     ckpt = root / "results" / "Dataset960_Source" / "nnUNetTrainer_BenchPretrain__nnUNetPlans__3d_fullres" / \
         "fold_0" / "checkpoint_final.pth"
     results = root / "results" / "Dataset961_Target"
+    _run([str(bindir / "nnunet-transfer"), "plans", "--from", str(ckpt), "-t", "961", "-tp", "MovedPlans"], env)
 
     recipe_env = dict(env, NNUNET_TRANSFER_RECIPE=str(root / "recipe.yaml"))
-    _run([str(bindir / "nnUNetv2_train"), "961", "3d_fullres", "0", "-tr", "nnUNetTrainerAdaptiveFT",
-          "-pretrained_weights", str(ckpt), "-device", "cpu"], recipe_env)
-    _run([str(bindir / "nnunet-transfer"), "plans", "--from", str(ckpt), "-t", "961", "-tp", "MovedPlans"], env)
-    _run([str(bindir / "nnUNetv2_train"), "961", "3d_fullres", "0", "-p", "MovedPlans", "-tr",
-          "nnUNetTrainer_BenchFT", "-pretrained_weights", str(ckpt), "-device", "cpu"], env)
-    _run([str(bindir / "nnUNetv2_train"), "961", "3d_fullres", "0", "-tr", "nnUNetTrainer_BenchFT",
-          "-device", "cpu"], env)
-
-    dice = {
-        "default recipe (AdaptiveFT, own plans)": _dice(results / "nnUNetTrainerAdaptiveFT__nnUNetPlans__3d_fullres"),
-        "stock fine-tuning (moved plans)": _dice(results / "nnUNetTrainer_BenchFT__MovedPlans__3d_fullres"),
-        "stock from scratch (own plans)": _dice(results / "nnUNetTrainer_BenchFT__nnUNetPlans__3d_fullres"),
+    arms = {
+        "default recipe (AdaptiveFT, own plans)": (
+            ["-tr", "nnUNetTrainerAdaptiveFT", "-pretrained_weights", str(ckpt)], recipe_env,
+            results / "nnUNetTrainerAdaptiveFT__nnUNetPlans__3d_fullres"),
+        "stock fine-tuning (moved plans)": (
+            ["-p", "MovedPlans", "-tr", "nnUNetTrainer_BenchFT", "-pretrained_weights", str(ckpt)], env,
+            results / "nnUNetTrainer_BenchFT__MovedPlans__3d_fullres"),
+        "stock from scratch (own plans)": (
+            ["-tr", "nnUNetTrainer_BenchFT"], env, results / "nnUNetTrainer_BenchFT__nnUNetPlans__3d_fullres"),
     }
-    print(f"pretrained source model: validation Dice {_dice(ckpt.parent.parent):.3f}")
-    for name, d in dice.items():
-        print(f"{name:40s} validation Dice {d:.3f}")
-    tmp.cleanup()
+    dice: dict[str, list[float]] = {name: [] for name in arms}
+    for fold in args.folds:
+        for name, (extra, arm_env, folder) in arms.items():
+            _run([train, "961", "3d_fullres", str(fold), *extra, "-device", "cpu"], arm_env)
+            dice[name].append(_dice(folder, fold))
+        print("  fold", fold, "  ".join(f"{d[-1]:.3f}" for d in dice.values()), flush=True)
 
+    print(f"pretrained source model: validation Dice {_dice(ckpt.parent.parent, 0):.3f}")
+    print(f"{'':40s} " + " ".join(f"fold {f:<2d}" for f in args.folds) + "   mean +- sd")
+    for name, values in dice.items():
+        print(f"{name:40s} " + " ".join(f"{v:7.3f}" for v in values) + f"   {_mean_sd(values)}")
+    default, *others = dice
+    for other in others:
+        diff = [a - b for a, b in zip(dice[default], dice[other], strict=True)]
+        wins = sum(d >= 0 for d in diff)
+        print(f"default recipe - {other}: per fold {' '.join(f'{d:+.3f}' for d in diff)}; "
+              f"mean {_mean_sd(diff, signed=True)}; default >= other on {wins}/{len(diff)} folds")
+    tmp.cleanup()
 
 if __name__ == "__main__":
     main()

@@ -10,25 +10,24 @@ __all__ = ["add_schedule_panel"]
 
 
 def add_schedule_panel(png: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Redraw ``png`` (nnU-Net's progress plot) with a panel below it: per-group learning rates per epoch, the
-    trainable fraction, and a dashed line wherever the trainable set changes (labelled with the groups unfrozen)."""
+    """Append a panel under ``png`` (nnU-Net's progress plot): per-group learning rates per epoch, the trainable
+    fraction, and a dashed line wherever the trainable set changes (labelled with the groups unfrozen).
+
+    Only the panel is drawn; it is pasted under nnU-Net's image as pixels (redrawing the 30x54-inch figure through
+    matplotlib took ten times longer than nnU-Net's own plot, every epoch)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
+    from PIL import Image
 
     png = Path(png)
     if not png.is_file() or not rows:
         return
-    image = mpimg.imread(str(png))
-    h, w = image.shape[:2]
-    width = w / 100
-    panel_h = width * 0.35
-    fig, (ax_img, ax) = plt.subplots(2, 1, figsize=(width, h / 100 + panel_h),
-                                     gridspec_kw={"height_ratios": [h / 100, panel_h]})
-    ax_img.imshow(image)
-    ax_img.axis("off")
+    with Image.open(png) as img:
+        base = img.convert("RGBA")
+    width = base.width / 100
+    fig, ax = plt.subplots(figsize=(width, width * 0.35), dpi=100)
     epochs = [r["epoch"] for r in rows]
     for group in rows[-1]["lr"]:
         ax.plot(epochs, [r["lr"].get(group, 0.0) for r in rows], linewidth=3, label=group)
@@ -51,5 +50,12 @@ def add_schedule_panel(png: str | Path, rows: Sequence[dict[str, Any]]) -> None:
         previous = now
     ax.legend(loc="upper right", fontsize=18, ncol=2)
     fig.tight_layout()
-    fig.savefig(str(png))
+    fig.canvas.draw()
+    panel = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).copy()
     plt.close(fig)
+    out = Image.new("RGBA", (base.width, base.height + panel.height), "white")
+    out.paste(base, (0, 0))
+    out.paste(panel, (0, base.height))
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    out.save(tmp, compress_level=1)
+    tmp.replace(png)

@@ -21,6 +21,7 @@ from nnunet_transfer.keys import parse_rename_rule
 __all__ = ["RECIPE_ENV_VAR", "Phase", "PretrainedSpec", "Progressive", "Recipe", "available_recipes", "load_recipe"]
 
 RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
+NNUNET_DEFAULT_EPOCHS = 1000  # nnUNetTrainer.num_epochs
 
 
 class PretrainedSpec(BaseModel):
@@ -97,6 +98,31 @@ class Recipe(BaseModel):
     frozen_norm: Literal["eval", "train"] = "eval"  # norm layers of frozen groups
     pretrained: PretrainedSpec = Field(default_factory=PretrainedSpec)
     source: str | None = Field(None, exclude=True, description="file the recipe was read from")
+
+    def scaled(self, num_epochs: int) -> Recipe:
+        """This recipe on a budget of ``num_epochs``: phase starts, unfreezing steps and warmup scaled in proportion.
+
+        The reference budget is the recipe's ``num_epochs`` (nnU-Net's 1000 when unset). Nonzero epoch numbers stay
+        at least 1, so a short budget keeps every step of the schedule; phases that would start on the same epoch are
+        an error (RecipeError) rather than silently merged.
+        """
+        if num_epochs < 1:
+            raise RecipeError(f"recipe {self.name}: cannot scale to {num_epochs} epochs (must be >= 1)")
+        factor = num_epochs / (self.num_epochs or NNUNET_DEFAULT_EPOCHS)
+
+        def scale(epoch: int) -> int:
+            return 0 if epoch == 0 else max(1, round(epoch * factor))
+
+        phases = [p.model_copy(update={"start_epoch": scale(p.start_epoch)}) for p in self.phases]
+        starts = [p.start_epoch for p in phases]
+        if len(set(starts)) != len(starts):
+            raise RecipeError(f"recipe {self.name}: at {num_epochs} epochs two phases would start on the same epoch "
+                              f"(scaled starts {starts}); write a recipe for this budget instead")
+        progressive = self.progressive and self.progressive.model_copy(
+            update={"start_epoch": scale(self.progressive.start_epoch), "every": scale(self.progressive.every)})
+        return self.model_copy(update={
+            "name": f"{self.name}_{num_epochs}epochs", "num_epochs": num_epochs, "phases": phases,
+            "progressive": progressive, "warmup_epochs": scale(self.warmup_epochs)})
 
 
 def available_recipes() -> list[str]:

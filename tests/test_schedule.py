@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -238,3 +240,58 @@ def test_parameters_unfrozen_under_ddp_stay_synchronised(tmp_path):
         assert torch.equal(r0[k], r1[k]), k
     enc = "encoder.stages.0.0.convs.0.conv.weight"
     assert not torch.equal(r0[enc], start[enc])  # the unfrozen encoder did train, identically on both ranks
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                                      reason="inductor on CPU needs a C++ compiler")),
+])
+def test_compiled_network_follows_freeze_changes(unet_factory, backend):
+    """torch.compile keeps working across an unfreeze: the compiled network trains exactly the groups the eager one
+    trains, to the same values. ``aot_eager`` is dynamo + AOTAutograd (where requires_grad matters); ``inductor`` is
+    what nnU-Net uses (on GPU; here its CPU code generation)."""
+    torch._dynamo.reset()
+    recipe = _recipe(phases=[{"start_epoch": 0, "unfreeze": ["decoder.*", "heads"]},
+                             {"start_epoch": 1, "unfreeze": ["encoder.*"]}])
+    runs = {}
+    for mode in ("eager", "compiled"):
+        net = unet_factory(seed=0)
+        start = {n: p.detach().clone() for n, p in net.named_parameters()}
+        groups = derive_groups(net)
+        s = resolve_schedule(recipe, [g.name for g in groups], 4, 0.01)
+        opt = build_optimizer(groups, s)
+        sched = PerGroupLRScheduler(opt, s)
+        model = torch.compile(net, backend=backend) if mode == "compiled" else net
+        snapshots = []
+        for epoch in range(3):
+            apply_freeze(groups, s.trainable(epoch))
+            sched.step(epoch)
+            _train_steps(model, opt, n=2)
+            snapshots.append({n: p.detach().clone() for n, p in net.named_parameters()})
+        runs[mode] = snapshots
+    enc = "encoder.stages.0.0.convs.0.conv.weight"
+    for epoch, (eager, compiled) in enumerate(zip(runs["eager"], runs["compiled"], strict=True)):
+        assert torch.equal(compiled[enc], start[enc]) == (epoch == 0)  # frozen in epoch 0, trains from epoch 1
+        for n in eager:
+            torch.testing.assert_close(compiled[n], eager[n], rtol=1e-4, atol=1e-6, msg=f"epoch {epoch}: {n}")
+
+
+def test_schedule_panel_is_added_under_nnunets_plot(tmp_path):
+    from PIL import Image
+
+    from nnunet_transfer.plotting import add_schedule_panel
+
+    png = tmp_path / "progress.png"
+    Image.new("RGBA", (600, 1080), (10, 20, 30, 255)).save(png)
+    rows = [{"epoch": e, "lr": {"heads": 0.01 * (1 - e / 4), "encoder.stage0": 0.001 * (e >= 2)},
+             "trainable": ["heads"] + (["encoder.stage0"] if e >= 2 else []), "trainable_fraction": 0.3 + 0.7 * (e >= 2)}
+            for e in range(4)]
+    add_schedule_panel(png, rows)
+    with Image.open(png) as out:
+        assert out.width == 600 and out.height == 1080 + 210  # panel 0.35 x the width, below the original
+        pixels = out.convert("RGBA")
+        assert pixels.getpixel((5, 5)) == (10, 20, 30, 255) and pixels.getpixel((599, 1079)) == (10, 20, 30, 255)
+        panel = pixels.crop((0, 1080, 600, 1290))
+        assert len(panel.getcolors(maxcolors=1 << 20)) > 10  # something was drawn there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.png"]  # no temporary file left

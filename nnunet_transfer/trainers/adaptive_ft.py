@@ -86,6 +86,10 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         continue_training = bool(plans.get("continue_training", False))
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and device.type == "cpu":
+            # nnU-Net assumes CUDA under DDP; a CPU process group (gloo) trains on the CPU it asked for
+            self.device = device
+            self.grad_scaler = None
         self.ft_recipe: Recipe = self._resolve_recipe(continue_training)
         self._apply_recipe(self.ft_recipe)
         # the recipe in force travels with every checkpoint (init_args.plans) and the results' plans.json
@@ -150,6 +154,21 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.print_to_log_file(report.summary(), also_print_to_console=True)
         if self.local_rank == 0:
             report.write_json(Path(self.output_folder) / REPORT_FILE)
+
+    def initialize(self) -> None:
+        """nnU-Net's initialize; on CPU under DDP (gloo) the wrapper is built without ``device_ids``, which DDP
+        rejects for CPU modules (nnU-Net passes ``[local_rank]``)."""
+        if not (self.is_ddp and self.device.type == "cpu"):
+            super().initialize()
+            return
+        self.is_ddp = False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self._set_batch_size_and_oversample()  # this rank's share of the batch (ran above as if not DDP)
+        self.network = torch.nn.parallel.DistributedDataParallel(self.network)
+        self.loss = self._build_loss()  # with the DDP-aware (all-gathered) batch dice
 
     # --- schedule -----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
