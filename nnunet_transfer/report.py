@@ -6,11 +6,12 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["LabelMatch", "LoadReport", "Status", "TensorRecord"]
+__all__ = ["GroupRecord", "LabelMatch", "LoadReport", "Status", "TensorRecord"]
 
 Status = Literal["loaded", "adapted", "skipped", "missing"]
 
@@ -45,6 +46,20 @@ class LabelMatch:
 
 
 @dataclass
+class GroupRecord:
+    """One parameter group of the target network: how many tensors and elements it holds, how many came pretrained."""
+
+    name: str
+    tensors: int
+    parameters: int
+    pretrained: int  # elements loaded or adapted
+
+    @property
+    def coverage(self) -> float:
+        return self.pretrained / self.parameters if self.parameters else 0.0
+
+
+@dataclass
 class LoadReport:
     """Everything :func:`nnunet_transfer.load_pretrained` decided, with reasons. ``to_dict()`` is the JSON form."""
 
@@ -58,6 +73,18 @@ class LoadReport:
     label_mapping: list[LabelMatch] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     applied: bool = False
+    groups: list[GroupRecord] = field(default_factory=list)
+
+    def attach_groups(self, groups: Sequence[Any]) -> None:
+        """Fill :attr:`groups` from parameter groups (objects with ``name`` and parameter ``names``, e.g.
+        :class:`nnunet_transfer.groups.ParameterGroup`), counting each tensor once whichever alias it is known by."""
+        record_of = {k: r for r in self.tensors for k in (r.key, *r.aliases)}
+        self.groups = []
+        for g in groups:
+            records = {id(rec): rec for n in g.names if (rec := record_of.get(n)) is not None}.values()
+            self.groups.append(GroupRecord(
+                g.name, len(records), sum(r.numel for r in records),
+                sum(r.numel for r in records if r.status in ("loaded", "adapted"))))
 
     @property
     def coverage(self) -> float:
@@ -129,6 +156,10 @@ class LoadReport:
             shown = ", ".join(self.unused_source_keys[:10])
             more = len(self.unused_source_keys) - 10
             lines.append(f"unused source keys: {shown}{f' (+{more} more)' if more > 0 else ''}")
+        if self.groups:
+            lines.append("parameter groups: " + ", ".join(
+                f"{g.name} {g.tensors} tensors / {g.parameters} parameters ({g.coverage:.0%} pretrained)"
+                for g in self.groups))
         lines.extend(f"note: {n}" for n in self.notes)
         lines.append(self.summary())
         return "\n".join(lines)
@@ -148,6 +179,7 @@ class LoadReport:
             "unused_source_keys": list(self.unused_source_keys),
             "label_mapping": [asdict(m) for m in self.label_mapping],
             "notes": list(self.notes),
+            "groups": [{**asdict(g), "coverage": g.coverage} for g in self.groups],
             "summary": self.summary(),
         }
 

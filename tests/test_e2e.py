@@ -43,8 +43,14 @@ def test_finetune_anisotropic_target_and_predict(workspace, tmp_path):
     assert all(t["status"] == "loaded" for k, t in status.items() if k not in adapted and not t["is_head"])
     assert {m["target_name"]: m["source_name"] for m in report["label_mapping"]} == {
         "background": "background", "lesion": "lesion", "vessel": None}
+    groups = {g["name"]: g for g in report["groups"]}  # each parameter tensor in one group, counted once
+    assert sum(g["tensors"] for g in groups.values()) == sum(t["is_parameter"] for t in report["tensors"])
+    assert {"encoder.stage0", "decoder.stage0", "heads"} <= set(groups)
+    assert all(g["coverage"] == 1.0 for n, g in groups.items() if n != "heads")
     log = _logs(fold)[-1].read_text()
     assert "nnunet-transfer load report:" in log and "coverage 1.000 (ok)" in log
+    assert "parameter groups (name: tensors, parameters, share, rate multiplier, trains from epoch):" in log
+    assert "parameter groups: encoder.stage0 " in log
     assert (fold / "checkpoint_final.pth").is_file()
     assert (fold / "adaptive_ft_recipe.yaml").read_text().startswith("name: tiny")
     assert "Dice" in (fold / "validation" / "summary.json").read_text()

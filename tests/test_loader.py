@@ -151,6 +151,25 @@ def test_different_widths_and_stages_are_skipped_with_reasons(tmp_path, unet_fac
     assert 0 < report.coverage < 1
 
 
+def test_report_counts_each_parameter_group_once(tmp_path, unet_factory):
+    from nnunet_transfer.groups import derive_groups
+
+    src = unet_factory(seed=1, features=(4, 8, 16))
+    net = unet_factory(seed=2, features=(4, 8, 32))  # the deepest stage (and what touches it) cannot load
+    report = load_pretrained(net, _save(src, tmp_path / "c.pth"), LABELS, min_coverage=0.0)
+    groups = derive_groups(net)
+    report.attach_groups(groups)
+    by_name = {g.name: g for g in report.groups}
+    assert list(by_name) == [g.name for g in groups]
+    assert sum(g.tensors for g in report.groups) == sum(r.is_parameter for r in report.tensors)
+    assert sum(g.parameters for g in report.groups) == sum(p.numel() for p in net.parameters())
+    assert by_name["encoder.stage0"].coverage == 1.0 and by_name["encoder.stage2"].coverage == 0.0
+    assert by_name["encoder.stage0"].tensors == len(groups[0].params)  # aliases (decoder.encoder.*) not counted
+    data = report.to_dict()["groups"]
+    assert {"name": "encoder.stage2", "coverage": 0.0}.items() <= data[2].items()
+    assert "encoder.stage2 " in report.table() and "(0% pretrained)" in report.table()
+
+
 def test_guard_threshold_and_reasons(tmp_path, unet_factory):
     src = unet_factory(seed=1, features=(4, 8, 16))
     net = unet_factory(seed=2, features=(4, 16, 32))

@@ -142,8 +142,10 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         try:
             report = load_pretrained(self.network, checkpoint, self.dataset_json.get("labels"), **options)
         except LoadGuardError as e:
+            e.report.attach_groups(self.param_groups)
             self._log_report(e.report)
             raise
+        report.attach_groups(self.param_groups)
         self._log_report(report)
         self.pretrained_report = report
         return report
@@ -182,6 +184,12 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
                    key=lambda g: s.multiplier[g.name], default=self.param_groups[0])
         ordered = [lead] + [g for g in self.param_groups if g is not lead]
         optimizer = build_optimizer(ordered, self.schedule, recipe.optimizer)
+        total = sum(g.numel for g in self.param_groups)
+        self.print_to_log_file("parameter groups (name: tensors, parameters, share, rate multiplier, trains from "
+                               "epoch):\n" + "\n".join(
+                                   f"  {g.name}: {len(g.params)}, {g.numel}, {g.numel / total:.1%}, "
+                                   f"{s.multiplier[g.name]:g}, {s.unfreeze_epoch[g.name]}" for g in self.param_groups),
+                               also_print_to_console=False, add_timestamp=False)
         return optimizer, PerGroupLRScheduler(optimizer, self.schedule)
 
     def _set_trainable(self, epoch: int) -> None:
