@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+NO_WEIGHTS = "pretrained: {required: false}\n"  # timing only: random weights train as fast as pretrained ones
 CONFIGS = {
     "stock": ("nnUNetTrainer", None),
-    "adaptive_nothing_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_full\n"),
-    "adaptive_encoder_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_frozen\nphases:\n"
+    "adaptive_nothing_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_full\n" + NO_WEIGHTS),
+    "adaptive_encoder_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_frozen\n" + NO_WEIGHTS + "phases:\n"
                                 "  - {start_epoch: 0, unfreeze: ['decoder.*', 'heads']}\n"),
 }
 

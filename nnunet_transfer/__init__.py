@@ -19,9 +19,11 @@ if TYPE_CHECKING:
         NonFiniteWeightsError,
         PlansError,
         RecipeError,
+        TrainingStateError,
         TransferError,
         UnsafeCheckpointError,
     )
+    from nnunet_transfer.groups import ParameterGroup, derive_groups
     from nnunet_transfer.loader import LoadOptions, load_pretrained, plan_load, unwrap_network
     from nnunet_transfer.nnunet import build_network, find_target_dataset
     from nnunet_transfer.plans import (
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     )
     from nnunet_transfer.recipes import Recipe, load_recipe
     from nnunet_transfer.report import LoadReport, TensorRecord
+    from nnunet_transfer.schedule import PerGroupLRScheduler, Schedule, build_optimizer, resolve_schedule
 
 __all__ = [
     "CheckpointError",
@@ -46,12 +49,18 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "SourceCheckpoint",
+    "ParameterGroup",
+    "PerGroupLRScheduler",
+    "Schedule",
     "TensorRecord",
+    "TrainingStateError",
     "TransferError",
     "UnsafeCheckpointError",
     "__version__",
     "build_network",
+    "build_optimizer",
     "check_transfer",
+    "derive_groups",
     "find_target_dataset",
     "load_pretrained",
     "load_recipe",
@@ -59,6 +68,7 @@ __all__ = [
     "preprocess_transfer",
     "read_checkpoint",
     "read_source_plans",
+    "resolve_schedule",
     "transfer_plans",
     "unwrap_network",
     "write_plans",
@@ -72,7 +82,10 @@ _WHERE = {
     "NonFiniteWeightsError": "errors",
     "PlansError": "errors",
     "RecipeError": "errors",
+    "TrainingStateError": "errors",
     "TransferError": "errors",
+    "ParameterGroup": "groups",
+    "derive_groups": "groups",
     "UnsafeCheckpointError": "errors",
     "LoadOptions": "loader",
     "load_pretrained": "loader",
@@ -88,6 +101,10 @@ _WHERE = {
     "write_plans": "plans",
     "Recipe": "recipes",
     "load_recipe": "recipes",
+    "PerGroupLRScheduler": "schedule",
+    "Schedule": "schedule",
+    "build_optimizer": "schedule",
+    "resolve_schedule": "schedule",
     "LoadReport": "report",
     "TensorRecord": "report",
 }

@@ -13,6 +13,7 @@ __all__ = [
     "NonFiniteWeightsError",
     "PlansError",
     "RecipeError",
+    "TrainingStateError",
     "TransferError",
     "UnsafeCheckpointError",
 ]
@@ -56,3 +57,7 @@ class RecipeError(TransferError):
 
 class PlansError(TransferError):
     """nnU-Net plans or dataset files are missing or inconsistent."""
+
+
+class TrainingStateError(TransferError):
+    """A training would lose results or start without pretrained weights (a finished fold, no weights given)."""

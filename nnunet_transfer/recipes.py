@@ -7,6 +7,7 @@ live in ``nnunet_transfer/configs``.
 
 from __future__ import annotations
 
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,8 @@ class PretrainedSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str | None = Field(None, description="checkpoint path; relative paths are relative to the recipe file")
+    # a new training without pretrained weights (neither -pretrained_weights nor checkpoint) is an error unless False
+    required: bool = True
     min_coverage: float = Field(0.5, ge=0.0, le=1.0)
     rename: list[str] = Field(default_factory=list, description="PATTERN=REPLACEMENT rules, pattern fullmatched")
     container: str | None = None
@@ -48,7 +51,7 @@ class PretrainedSpec(BaseModel):
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`nnunet_transfer.load_pretrained`."""
-        opts = self.model_dump(exclude={"checkpoint"})
+        opts = self.model_dump(exclude={"checkpoint", "required"})
         opts["rename"] = tuple(parse_rename_rule(r) for r in self.rename)
         return opts
 
@@ -110,8 +113,8 @@ class Recipe(BaseModel):
             raise RecipeError(f"recipe {self.name}: cannot scale to {num_epochs} epochs (must be >= 1)")
         factor = num_epochs / (self.num_epochs or NNUNET_DEFAULT_EPOCHS)
 
-        def scale(epoch: int) -> int:
-            return 0 if epoch == 0 else max(1, round(epoch * factor))
+        def scale(epoch: int) -> int:  # halves round up: 12.5 -> 13, whatever Python's round() would do
+            return 0 if epoch == 0 else max(1, math.floor(epoch * factor + 0.5))
 
         phases = [p.model_copy(update={"start_epoch": scale(p.start_epoch)}) for p in self.phases]
         starts = [p.start_epoch for p in phases]

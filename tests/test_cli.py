@@ -154,3 +154,14 @@ def test_startup_hook_keeps_the_users_trainer_folders_first(tmp_path):
 def test_startup_hook_is_cheap():
     code = "import sys; print(sorted(m for m in ('torch', 'nnunetv2', 'numpy', 'pydantic') if m in sys.modules))"
     assert run([sys.executable, "-c", code], dict(os.environ)).stdout.strip() == "[]"
+
+
+def test_public_api_resolves_every_name():
+    """``nnunet_transfer.__all__`` is loaded lazily: every name must resolve, and nothing else is offered."""
+    import nnunet_transfer
+
+    for name in nnunet_transfer.__all__:
+        assert getattr(nnunet_transfer, name) is not None, name
+    assert dir(nnunet_transfer) == sorted(nnunet_transfer.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nnunet_transfer.nope  # noqa: B018

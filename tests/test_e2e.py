@@ -67,6 +67,24 @@ def test_finetune_anisotropic_target_and_predict(workspace, tmp_path):
     assert pred.shape == (12, 32, 32)
     assert set(np.unique(pred)) <= {0, 1, 2}
 
+    # a finished fold is never trained over: the same command again fails before anything in it changes
+    kept = {p.name: p.read_bytes() for p in fold.iterdir() if p.is_file() and not p.name.startswith("training_log")}
+    proc = workspace.train(workspace.ANISO, TRAINER, "0", "-pretrained_weights", str(workspace.checkpoint), env=env,
+                           check=False)
+    assert proc.returncode != 0
+    assert f"{fold / 'checkpoint_final.pth'}: this fold has finished training" in proc.stdout + proc.stderr
+    assert {p.name: p.read_bytes() for p in fold.iterdir() if p.name in kept} == kept
+
+    # --val under another recipe (other parameter groups, so another optimizer layout): the checkpoint's recipe,
+    # the one the fold was trained with, is in force; nnU-Net's optimizer-state load would fail under the other one
+    other = tmp_path / "one_group.yaml"
+    other.write_text("name: one_group\ngroups: {all: ['.+']}\n")
+    (fold / "validation" / "summary.json").unlink()
+    proc = workspace.train(workspace.ANISO, TRAINER, "0", "--val",
+                           env={**workspace.env, "NNUNET_TRANSFER_RECIPE": str(other)})
+    assert "nnunet-transfer recipe: tiny (" in proc.stdout and "the one this checkpoint was trained with" in proc.stdout
+    assert "Dice" in (fold / "validation" / "summary.json").read_text()
+
 
 def test_finetune_two_channel_target_adapts_only_the_first_convolution(workspace):
     env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "tiny.yaml")}
@@ -162,3 +180,42 @@ def test_resumed_schedule_has_the_same_per_epoch_table(workspace):
     resumed = json.loads(table.read_text())
     strip = [{k: r[k] for k in ("epoch", "lr", "trainable")} for r in resumed]
     assert strip == [{k: r[k] for k in ("epoch", "lr", "trainable")} for r in full]
+
+
+def test_a_new_training_without_pretrained_weights_is_refused(workspace, tmp_path):
+    """A fine-tuning trainer never trains from scratch silently; ``pretrained.required: false`` is the deliberate way."""
+    fold = workspace.results("Dataset902_TwoCh", TRAINER) / "fold_4"
+    proc = workspace.train(workspace.TWO_CH, TRAINER, "4", check=False,
+                           env={**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "tiny.yaml")})
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "TrainingStateError: nnUNetTrainerAdaptiveFT got no pretrained weights and would train from scratch" in out
+    assert "-pretrained_weights CHECKPOINT" in out and "tiny.yaml" in out
+    assert not list(fold.glob("checkpoint_*.pth"))
+
+    scratch = tmp_path / "scratch.yaml"
+    scratch.write_text((RECIPES / "tiny.yaml").read_text() + "pretrained: {required: false}\n")
+    proc = workspace.train(workspace.TWO_CH, TRAINER, "4", env={**workspace.env, "NNUNET_TRANSFER_RECIPE": str(scratch)})
+    assert "training from scratch" in proc.stdout
+    assert (fold / "checkpoint_final.pth").is_file() and not (fold / "pretrained_load_report.json").exists()
+
+
+def test_resume_before_the_first_checkpoint_restarts_from_the_pretrained_weights(workspace, tmp_path):
+    """--c on a run that had loaded its pretrained weights but saved no checkpoint yet (killed in epoch 0): nnU-Net
+    would start a new training from scratch; the run restarts from the weights its load report names."""
+    env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "tiny.yaml")}
+    gone = workspace.results("Dataset901_Aniso", TRAINER) / "fold_1"
+    gone.mkdir(parents=True)
+    (gone / "pretrained_load_report.json").write_text(json.dumps({"checkpoint": str(tmp_path / "moved.pth")}))
+    proc = workspace.train(workspace.ANISO, TRAINER, "1", "--c", env=env, check=False)
+    assert proc.returncode != 0
+    assert f"the pretrained checkpoint this run began with ({tmp_path / 'moved.pth'}" in proc.stdout + proc.stderr
+    assert not list(gone.glob("checkpoint_*.pth"))
+
+    fold = workspace.results("Dataset901_Aniso", TRAINER) / "fold_4"
+    fold.mkdir(parents=True)
+    (fold / "pretrained_load_report.json").write_text(json.dumps({"checkpoint": str(workspace.checkpoint)}))
+    proc = workspace.train(workspace.ANISO, TRAINER, "4", "--c", env=env)
+    assert "the run restarts from the pretrained weights it began with" in proc.stdout
+    assert _report(fold)["coverage"] == 1.0 and _report(fold)["applied"]
+    assert (fold / "checkpoint_final.pth").is_file()

@@ -87,12 +87,15 @@ def test_unknown_recipe_name_lists_the_shipped_ones():
 def test_scaled_recipe_keeps_the_schedules_proportions():
     default = load_recipe("default")  # nnU-Net's 1000 epochs: frozen until 50, a stage every 25, warmup 10
     r = default.scaled(250)
-    assert (r.num_epochs, r.progressive.start_epoch, r.progressive.every, r.warmup_epochs) == (250, 12, 6, 2)
+    assert (r.num_epochs, r.progressive.start_epoch, r.progressive.every, r.warmup_epochs) == (250, 13, 6, 3)
     assert r.name == "default_250epochs" and r.phases[0].start_epoch == 0 and r.lr_multipliers == {"encoder.*": 0.1}
     tiny = default.scaled(10)  # every nonzero step stays at least one epoch
     assert (tiny.progressive.start_epoch, tiny.progressive.every, tiny.warmup_epochs) == (1, 1, 1)
     assert default.progressive.start_epoch == 50  # the original is untouched
     assert load_recipe("default_100epochs").scaled(200).progressive.start_epoch == 10  # from its own 100 epochs
+    for n in (100, 250):  # the shipped short variants are exactly the default recipe scaled
+        shipped = load_recipe(f"default_{n}epochs").model_dump(exclude={"name", "description", "source"})
+        assert shipped == default.scaled(n).model_dump(exclude={"name", "description", "source"}), n
     two = type(default).model_validate({**default.model_dump(), "progressive": None, "phases": [
         {"start_epoch": 0, "unfreeze": ["decoder.*"]}, {"start_epoch": 100, "unfreeze": ["encoder.stage1"]},
         {"start_epoch": 110, "unfreeze": ["encoder.stage0"]}]})

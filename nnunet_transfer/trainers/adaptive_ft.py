@@ -24,7 +24,7 @@ import torch
 import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_transfer.errors import LoadGuardError
+from nnunet_transfer.errors import LoadGuardError, RecipeError, TrainingStateError
 from nnunet_transfer.groups import ParameterGroup, derive_groups
 from nnunet_transfer.loader import load_pretrained, unwrap_network
 from nnunet_transfer.plotting import add_schedule_panel
@@ -90,6 +90,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             # nnU-Net assumes CUDA under DDP; a CPU process group (gloo) trains on the CPU it asked for
             self.device = device
             self.grad_scaler = None
+        self._continue_training = continue_training
         self.ft_recipe: Recipe = self._resolve_recipe(continue_training)
         self._apply_recipe(self.ft_recipe)
         # the recipe in force travels with every checkpoint (init_args.plans) and the results' plans.json
@@ -138,7 +139,10 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         """Load ``checkpoint`` adaptively into the (maybe compiled / DDP-wrapped) network; log and save the report."""
         if not self.was_initialized:
             self.initialize()
+        if not self._resumed and self.current_epoch == 0:
+            self._refuse_finished_fold()  # before the load writes its report into the fold folder
         options = self.ft_recipe.pretrained.loader_options()
+        checkpoint = os.path.abspath(checkpoint)  # the report names it; a later --c may need it again
         try:
             report = load_pretrained(self.network, checkpoint, self.dataset_json.get("labels"), **options)
         except LoadGuardError as e:
@@ -237,17 +241,82 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's, under the recipe the checkpoint was trained with (``--c``, ``--val``), whatever recipe the
+        class or ``NNUNET_TRANSFER_RECIPE`` names now: its groups shape the optimizer state being loaded."""
         self._resumed = True
+        if isinstance(filename_or_checkpoint, str):
+            # nnU-Net reads its own fold checkpoint unrestricted right after this; mmap leaves the tensors on disk
+            stored = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        else:
+            stored = filename_or_checkpoint
+        self._adopt_recipe(stored.get("init_args", {}).get("plans", {}).get(RECIPE_PLANS_KEY),
+                           str(filename_or_checkpoint) if isinstance(filename_or_checkpoint, str) else "checkpoint")
+        del stored
         super().load_checkpoint(filename_or_checkpoint)
+
+    def _adopt_recipe(self, data: dict | None, where: str) -> None:
+        if not data or data == self.ft_recipe.model_dump(mode="json", exclude={"source"}):
+            return
+        try:
+            recipe = Recipe.model_validate(data)
+        except ValueError as e:
+            raise RecipeError(f"{where}: the recipe stored in the checkpoint (init_args.plans.{RECIPE_PLANS_KEY}) "
+                              f"is not valid for this version of nnunet-transfer: {e}") from None
+        recipe.source = f"{where}, init_args.plans.{RECIPE_PLANS_KEY}"
+        self.print_to_log_file(f"nnunet-transfer recipe: {recipe.name} ({recipe.source}), the one this checkpoint "
+                               f"was trained with, instead of {self.ft_recipe.name}", also_print_to_console=True)
+        self.ft_recipe = recipe
+        self._apply_recipe(recipe)
+        self.my_init_kwargs["plans"][RECIPE_PLANS_KEY] = data
+        if self.was_initialized:  # the optimizer's param groups follow the recipe's parameter groups
+            self.optimizer, self.lr_scheduler = self.configure_optimizers()
+
+    def _refuse_finished_fold(self) -> None:
+        final = Path(self.output_folder) / "checkpoint_final.pth"
+        if final.is_file():
+            raise TrainingStateError(
+                f"{final}: this fold has finished training and a new training would overwrite it; use --val to "
+                "validate it again, --c to continue it, or move the fold folder away to train it anew")
+
+    def _pretrained_to_load(self) -> str | None:
+        """The checkpoint a new training starts from when ``-pretrained_weights`` was not given, or an error if there
+        is none (a fine-tuning trainer never trains from scratch unless the recipe says ``required: false``)."""
+        fold = Path(self.output_folder)
+        checkpoint = self.ft_recipe.pretrained.checkpoint
+        if checkpoint:
+            return checkpoint
+        previous = fold / REPORT_FILE
+        if self._continue_training and previous.is_file():
+            # --c, but the run had saved no checkpoint yet: it restarts from the weights it began with
+            began_with = json.loads(previous.read_text())["checkpoint"]
+            if not os.path.isfile(began_with):
+                raise TrainingStateError(
+                    f"{fold}: nothing to resume from (no checkpoint_*.pth), and the pretrained checkpoint this run "
+                    f"began with ({began_with}, named in {REPORT_FILE}) is gone; start again with -pretrained_weights")
+            self.print_to_log_file(f"--c: {fold} holds no checkpoint yet; the run restarts from the pretrained "
+                                   f"weights it began with ({began_with})", also_print_to_console=True)
+            return began_with
+        if self.ft_recipe.pretrained.required:
+            raise TrainingStateError(
+                f"{type(self).__name__} got no pretrained weights and would train from scratch: pass "
+                f"-pretrained_weights CHECKPOINT, or set pretrained.checkpoint in the recipe ({self.ft_recipe.source}; "
+                f"{RECIPE_ENV_VAR} names another). To train from scratch on purpose, use nnUNetTrainer or set "
+                "pretrained.required: false")
+        self.print_to_log_file("no pretrained weights (the recipe says pretrained.required: false): training from "
+                               "scratch", also_print_to_console=True)
+        return None
 
     def on_train_start(self) -> None:
         if not self.was_initialized:
             self.initialize()
-        checkpoint = self.ft_recipe.pretrained.checkpoint
-        if checkpoint and not self._resumed and self.current_epoch == 0:
+        if not self._resumed and self.current_epoch == 0:  # a new training, not --c from a checkpoint
+            self._refuse_finished_fold()
             if self.pretrained_report is None:
-                self.load_pretrained_weights(checkpoint)
-            else:
-                self.print_to_log_file(f"recipe checkpoint {checkpoint} not loaded: -pretrained_weights was given")
+                checkpoint = self._pretrained_to_load()
+                if checkpoint:
+                    self.load_pretrained_weights(checkpoint)
+            elif self.ft_recipe.pretrained.checkpoint:
+                self.print_to_log_file(f"recipe checkpoint {self.ft_recipe.pretrained.checkpoint} not loaded: "
+                                       "-pretrained_weights was given")
         super().on_train_start()
         self._write_recipe()
