@@ -58,6 +58,7 @@ def worker(config: str, root: str, iters: int) -> None:
                   device=torch.device("cpu"))
     trainer.num_epochs = 1000
     trainer.on_train_start()
+    trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
     trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
     batches = [next(trainer.dataloader_train) for _ in range(3)]
     trainer.train_step(batches[0])  # warm-up
@@ -120,7 +121,9 @@ def main() -> None:
             # data augmentation in the main process (n_proc_DA 0): the timed steps share the 2 cores with nothing
             out = subprocess.run([sys.executable, __file__, "--worker", config, "--root", str(root), "--iters",
                                   str(args.iters)], env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True,
-                                 text=True, check=True)
+                                 text=True, check=False)
+            if out.returncode:
+                sys.exit(f"worker {config} failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
             results[config].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {c: {k: statistics.median(x[k] for x in v) for k in v[0]} for c, v in results.items()}
     for c in order:
