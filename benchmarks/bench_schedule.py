@@ -7,7 +7,8 @@ iteration and the training-step memory (peak RSS during the steps minus RSS befo
 
 * AdaptiveFT with nothing frozen / stock nnUNetTrainer: time (target <= 1.02), per training step and with the
   per-epoch bookkeeping (end-of-epoch logging and progress plot, start of the next epoch) spread over 250 iterations;
-* encoder frozen / nothing frozen: time (target <= 0.75) and memory (target <= 0.85).
+* encoder frozen / nothing frozen: time (target <= 0.75) and memory (target <= 0.85); the time also in one process,
+  switching the freeze back and forth on the same batches (``alternating``).
 
     python benchmarks/bench_schedule.py --rounds 2 --iters 8
 """
@@ -39,13 +40,35 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def alternating_worker(trainer, iters: int) -> None:
+    """Encoder frozen vs nothing frozen in one process on the same batches, in interleaved blocks: the tightest
+    side-by-side comparison (no difference between processes in memory layout or thread placement)."""
+    from nnunet_transfer.schedule import apply_freeze
+
+    everything = [g.name for g in trainer.param_groups]
+    decoder_and_heads = [n for n in everything if not n.startswith("encoder.")]
+    batches = [next(trainer.dataloader_train) for _ in range(3)]
+    times: dict[str, list[float]] = {"nothing_frozen": [], "encoder_frozen": []}
+    block = max(2, iters // 4)
+    for b in range(4):
+        for mode in ("nothing_frozen", "encoder_frozen") if b % 2 == 0 else ("encoder_frozen", "nothing_frozen"):
+            apply_freeze(trainer.param_groups, everything if mode == "nothing_frozen" else decoder_and_heads)
+            trainer.train_step(batches[0])  # warm-up after the change
+            for i in range(block):
+                start = time.perf_counter()
+                trainer.train_step(batches[i % len(batches)])
+                times[mode].append(time.perf_counter() - start)
+    print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+    os._exit(0)
+
+
 def worker(config: str, root: str, iters: int) -> None:
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     torch.set_num_threads(2)
-    trainer_name, recipe = CONFIGS[config]
+    trainer_name, recipe = CONFIGS["adaptive_nothing_frozen" if config == "alternating" else config]
     if recipe:
         path = Path(root) / f"{config}.yaml"
         path.write_text(recipe)
@@ -60,6 +83,8 @@ def worker(config: str, root: str, iters: int) -> None:
     trainer.on_train_start()
     trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
     trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
+    if config == "alternating":
+        alternating_worker(trainer, iters)
     batches = [next(trainer.dataloader_train) for _ in range(3)]
     trainer.train_step(batches[0])  # warm-up
     rss_before = _rss_mb()
@@ -114,8 +139,8 @@ def main() -> None:
     print(f"patch {plans['configurations']['3d_fullres']['patch_size']}, batch "
           f"{plans['configurations']['3d_fullres']['batch_size']}, {args.iters} timed iterations per run, "
           f"{args.rounds} rounds")
-    results: dict[str, list[dict]] = {c: [] for c in CONFIGS}
-    order = list(CONFIGS)
+    results: dict[str, list[dict]] = {c: [] for c in [*CONFIGS, "alternating"]}
+    order = [*CONFIGS, "alternating"]
     for r in range(args.rounds):
         for config in order if r % 2 == 0 else order[::-1]:
             # data augmentation in the main process (n_proc_DA 0): the timed steps share the 2 cores with nothing
@@ -126,7 +151,7 @@ def main() -> None:
                 sys.exit(f"worker {config} failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
             results[config].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {c: {k: statistics.median(x[k] for x in v) for k in v[0]} for c, v in results.items()}
-    for c in order:
+    for c in CONFIGS:
         m = med[c]
         print(f"{c:24s} {m['time']:.3f} s/iteration, {m['epoch_overhead']:.2f} s/epoch bookkeeping, "
               f"step memory {m['step_mem_mb']:.0f} MiB (peak RSS "
@@ -134,10 +159,15 @@ def main() -> None:
     a, s, f = med["adaptive_nothing_frozen"], med["stock"], med["adaptive_encoder_frozen"]
     print(f"time AdaptiveFT (nothing frozen) / stock: {a['time'] / s['time']:.3f} (target <= 1.02)")
     # nnU-Net's epochs have 250 iterations: the bookkeeping (progress plot, schedule panel, logs) spread over them
-    per_it = {c: m["time"] + m["epoch_overhead"] / 250 for c, m in med.items()}
+    per_it = {c: med[c]["time"] + med[c]["epoch_overhead"] / 250 for c in CONFIGS}
     print(f"time per iteration incl. per-epoch bookkeeping at 250 iterations/epoch, AdaptiveFT / stock: "
           f"{per_it['adaptive_nothing_frozen'] / per_it['stock']:.3f}")
     print(f"time encoder frozen / nothing frozen: {f['time'] / a['time']:.3f} (target <= 0.75)")
+    alt = med["alternating"]
+    print(f"time encoder frozen / nothing frozen, one process alternating on the same batches: "
+          f"{alt['encoder_frozen'] / alt['nothing_frozen']:.3f} ({alt['encoder_frozen']:.3f} vs "
+          f"{alt['nothing_frozen']:.3f} s/iteration; per round: "
+          + " ".join(f"{x['encoder_frozen'] / x['nothing_frozen']:.3f}" for x in results["alternating"]) + ")")
     print(f"step memory encoder frozen / nothing frozen: {f['step_mem_mb'] / a['step_mem_mb']:.3f} (target <= 0.85)")
     print(f"peak RSS encoder frozen / nothing frozen: {f['peak_mb'] / a['peak_mb']:.3f}")
     tmp.cleanup()
