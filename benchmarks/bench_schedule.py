@@ -139,8 +139,8 @@ def main() -> None:
     print(f"patch {plans['configurations']['3d_fullres']['patch_size']}, batch "
           f"{plans['configurations']['3d_fullres']['batch_size']}, {args.iters} timed iterations per run, "
           f"{args.rounds} rounds")
-    results: dict[str, list[dict]] = {c: [] for c in [*CONFIGS, "alternating"]}
     order = [*CONFIGS, "alternating"]
+    results: dict[str, list[dict]] = {c: [] for c in order}
     for r in range(args.rounds):
         for config in order if r % 2 == 0 else order[::-1]:
             # data augmentation in the main process (n_proc_DA 0): the timed steps share the 2 cores with nothing

@@ -266,8 +266,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.print_to_log_file(f"nnunet-transfer recipe: {recipe.name} ({recipe.source}), the one this checkpoint "
                                f"was trained with, instead of {self.ft_recipe.name}", also_print_to_console=True)
         self.ft_recipe = recipe
-        self._apply_recipe(recipe)
-        self.my_init_kwargs["plans"][RECIPE_PLANS_KEY] = data
+        self._apply_recipe(recipe)  # my_init_kwargs: nnU-Net's load_checkpoint takes the checkpoint's (recipe in it)
         if self.was_initialized:  # the optimizer's param groups follow the recipe's parameter groups
             self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
