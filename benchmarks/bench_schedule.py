@@ -43,7 +43,7 @@ def _rss_mb() -> float:
 def alternating_worker(trainer, iters: int) -> None:
     """Encoder frozen vs nothing frozen in one process on the same batches, in interleaved blocks: the tightest
     side-by-side comparison (no difference between processes in memory layout or thread placement)."""
-    from nnunet_transfer.schedule import apply_freeze
+    from nnunet_transfer.core.schedules.schedule import apply_freeze
 
     everything = [g.name for g in trainer.param_groups]
     decoder_and_heads = [n for n in everything if not n.startswith("encoder.")]
@@ -125,7 +125,7 @@ def main() -> None:
         worker(args.worker, args.root, args.iters)
         return
 
-    from nnunet_transfer.synthetic import make_dataset
+    from nnunet_transfer.demo.synthetic import make_dataset
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)

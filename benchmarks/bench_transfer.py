@@ -80,8 +80,8 @@ def main() -> None:
 
     import yaml
 
-    from nnunet_transfer.recipes import load_recipe
-    from nnunet_transfer.synthetic import make_dataset
+    from nnunet_transfer.core.schedules.recipes import load_recipe
+    from nnunet_transfer.demo.synthetic import make_dataset
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)

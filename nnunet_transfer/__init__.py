@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 from nnunet_transfer._version import __version__
 
 if TYPE_CHECKING:
-    from nnunet_transfer.checkpoint import SourceCheckpoint, read_checkpoint
+    from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
+    from nnunet_transfer.core.loading.loader import LoadOptions, load_pretrained, plan_load, unwrap_network
+    from nnunet_transfer.core.loading.report import LoadReport, TensorRecord
+    from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
+    from nnunet_transfer.core.schedules.recipes import Recipe, load_recipe
+    from nnunet_transfer.core.schedules.schedule import PerGroupLRScheduler, Schedule, build_optimizer, resolve_schedule
     from nnunet_transfer.errors import (
         CheckpointError,
         LoadGuardError,
@@ -23,10 +28,9 @@ if TYPE_CHECKING:
         TransferError,
         UnsafeCheckpointError,
     )
-    from nnunet_transfer.groups import ParameterGroup, derive_groups
-    from nnunet_transfer.loader import LoadOptions, load_pretrained, plan_load, unwrap_network
-    from nnunet_transfer.nnunet import build_network, find_target_dataset
-    from nnunet_transfer.plans import (
+    from nnunet_transfer.nnunet.datasets import find_target_dataset
+    from nnunet_transfer.nnunet.networks import build_network
+    from nnunet_transfer.nnunet.plans import (
         PlansTransfer,
         check_transfer,
         preprocess_transfer,
@@ -34,9 +38,6 @@ if TYPE_CHECKING:
         transfer_plans,
         write_plans,
     )
-    from nnunet_transfer.recipes import Recipe, load_recipe
-    from nnunet_transfer.report import LoadReport, TensorRecord
-    from nnunet_transfer.schedule import PerGroupLRScheduler, Schedule, build_optimizer, resolve_schedule
 
 __all__ = [
     "CheckpointError",
@@ -75,8 +76,8 @@ __all__ = [
 ]
 
 _WHERE = {
-    "SourceCheckpoint": "checkpoint",
-    "read_checkpoint": "checkpoint",
+    "SourceCheckpoint": "core.loading.checkpoint",
+    "read_checkpoint": "core.loading.checkpoint",
     "CheckpointError": "errors",
     "LoadGuardError": "errors",
     "NonFiniteWeightsError": "errors",
@@ -84,29 +85,29 @@ _WHERE = {
     "RecipeError": "errors",
     "TrainingStateError": "errors",
     "TransferError": "errors",
-    "ParameterGroup": "groups",
-    "derive_groups": "groups",
+    "ParameterGroup": "core.schedules.groups",
+    "derive_groups": "core.schedules.groups",
     "UnsafeCheckpointError": "errors",
-    "LoadOptions": "loader",
-    "load_pretrained": "loader",
-    "plan_load": "loader",
-    "unwrap_network": "loader",
-    "build_network": "nnunet",
-    "find_target_dataset": "nnunet",
-    "PlansTransfer": "plans",
-    "check_transfer": "plans",
-    "preprocess_transfer": "plans",
-    "read_source_plans": "plans",
-    "transfer_plans": "plans",
-    "write_plans": "plans",
-    "Recipe": "recipes",
-    "load_recipe": "recipes",
-    "PerGroupLRScheduler": "schedule",
-    "Schedule": "schedule",
-    "build_optimizer": "schedule",
-    "resolve_schedule": "schedule",
-    "LoadReport": "report",
-    "TensorRecord": "report",
+    "LoadOptions": "core.loading.loader",
+    "load_pretrained": "core.loading.loader",
+    "plan_load": "core.loading.loader",
+    "unwrap_network": "core.loading.loader",
+    "build_network": "nnunet.networks",
+    "find_target_dataset": "nnunet.datasets",
+    "PlansTransfer": "nnunet.plans",
+    "check_transfer": "nnunet.plans",
+    "preprocess_transfer": "nnunet.plans",
+    "read_source_plans": "nnunet.plans",
+    "transfer_plans": "nnunet.plans",
+    "write_plans": "nnunet.plans",
+    "Recipe": "core.schedules.recipes",
+    "load_recipe": "core.schedules.recipes",
+    "PerGroupLRScheduler": "core.schedules.schedule",
+    "Schedule": "core.schedules.schedule",
+    "build_optimizer": "core.schedules.schedule",
+    "resolve_schedule": "core.schedules.schedule",
+    "LoadReport": "core.loading.report",
+    "TensorRecord": "core.loading.report",
 }
 
 

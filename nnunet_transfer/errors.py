@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nnunet_transfer.report import LoadReport
+    from nnunet_transfer.core.loading.report import LoadReport
 
 __all__ = [
     "CheckpointError",

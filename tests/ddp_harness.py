@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     try:
         from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-        from nnunet_transfer.loader import unwrap_network
+        from nnunet_transfer.core.loading.loader import unwrap_network
 
         if args.no_rewrap_after_first:
             import nnunet_transfer.trainers.adaptive_ft as ft

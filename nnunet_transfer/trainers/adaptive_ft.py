@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import weakref
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,13 +23,13 @@ import torch
 import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_transfer.errors import LoadGuardError, RecipeError, TrainingStateError
-from nnunet_transfer.groups import ParameterGroup, derive_groups
-from nnunet_transfer.loader import load_pretrained, unwrap_network
-from nnunet_transfer.plotting import add_schedule_panel
-from nnunet_transfer.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
-from nnunet_transfer.report import LoadReport
-from nnunet_transfer.schedule import (
+from nnunet_transfer.core.io import write_json_atomic
+from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
+from nnunet_transfer.core.loading.report import LoadReport
+from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
+from nnunet_transfer.core.schedules.plot import add_schedule_panel
+from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
+from nnunet_transfer.core.schedules.schedule import (
     PerGroupLRScheduler,
     Schedule,
     apply_freeze,
@@ -39,6 +38,8 @@ from nnunet_transfer.schedule import (
     resolve_schedule,
     rewrap_ddp,
 )
+from nnunet_transfer.errors import LoadGuardError, RecipeError, TrainingStateError
+from nnunet_transfer.nnunet.pretrained_hook import install_pretrained_hook
 
 __all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "RECIPE_PLANS_KEY", "REPORT_FILE", "nnUNetTrainerAdaptiveFT"]
 
@@ -46,35 +47,6 @@ REPORT_FILE = "pretrained_load_report.json"
 RECIPE_FILE = "adaptive_ft_recipe.yaml"
 LR_TABLE_FILE = "lr_table.json"
 RECIPE_PLANS_KEY = "nnunet_transfer_recipe"
-
-_TRAINERS: weakref.WeakSet = weakref.WeakSet()
-
-
-def _install_pretrained_hook() -> None:
-    """Route nnU-Net's module-level ``load_pretrained_weights`` to our trainers' adaptive loader.
-
-    ``nnunetv2.run.run_training.maybe_load_checkpoint`` calls it right after ``trainer.initialize()``. The wrapper
-    dispatches by network identity: networks of other trainers still get nnU-Net's own loader.
-    """
-    import nnunetv2.run.load_pretrained_weights as lpw
-    import nnunetv2.run.run_training as rt
-
-    stock = lpw.load_pretrained_weights
-    if getattr(stock, "__nnunet_transfer__", False):
-        return
-
-    def load_pretrained_weights(network: torch.nn.Module, fname: str, verbose: bool = False) -> None:
-        for trainer in list(_TRAINERS):
-            if trainer.network is network:
-                trainer.load_pretrained_weights(fname)
-                return
-        stock(network, fname, verbose=verbose)
-
-    load_pretrained_weights.__nnunet_transfer__ = True  # type: ignore[attr-defined]
-    load_pretrained_weights.__wrapped__ = stock  # type: ignore[attr-defined]
-    lpw.load_pretrained_weights = load_pretrained_weights
-    rt.load_pretrained_weights = load_pretrained_weights
-
 
 class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
     """nnU-Net's trainer with adaptive pretrained loading; settings come from a validated recipe."""
@@ -101,8 +73,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.schedule: Schedule | None = None
         self._trainable: list[str] | None = None
         self._lr_rows: list[dict[str, Any]] | None = None  # lr_table.json, read once (a resumed run's epochs)
-        _TRAINERS.add(self)
-        _install_pretrained_hook()
+        install_pretrained_hook(self)
 
     # --- recipe -----------------------------------------------------------------------------------------------
     def _resolve_recipe(self, continue_training: bool) -> Recipe:
@@ -224,9 +195,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         rows = [r for r in self._lr_rows if r["epoch"] < epoch]
         rows.append({"epoch": epoch, "lr": lrs, "trainable": list(self._trainable), "trainable_fraction": frac})
         self._lr_rows = rows
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, rows, indent=1)
 
     def on_train_epoch_start(self) -> None:
         self._set_trainable(self.current_epoch)

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from nnunet_transfer.demo.synthetic import make_dataset
 from nnunet_transfer.errors import TransferError
-from nnunet_transfer.synthetic import make_dataset
 
 __all__ = ["run_demo"]
 

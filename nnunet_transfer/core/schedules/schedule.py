@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnunet_transfer.core.schedules.groups import ParameterGroup, select_groups
 from nnunet_transfer.errors import RecipeError
-from nnunet_transfer.groups import ParameterGroup, select_groups
 
 __all__ = [
     "PerGroupLRScheduler",

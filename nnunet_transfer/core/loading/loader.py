@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from nnunet_transfer.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
-from nnunet_transfer.checkpoint import SourceCheckpoint, read_checkpoint
+from nnunet_transfer.core.loading.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
+from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
+from nnunet_transfer.core.loading.heads import HeadChannels, head_channels
+from nnunet_transfer.core.loading.keys import RenameRule, normalize_keys
+from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, TensorRecord
 from nnunet_transfer.errors import LoadGuardError, NonFiniteWeightsError
-from nnunet_transfer.keys import RenameRule, normalize_keys
-from nnunet_transfer.labels import HeadChannels, head_channels
-from nnunet_transfer.report import LabelMatch, LoadReport, TensorRecord
 
 __all__ = ["DEFAULT_HEAD_PATTERN", "LoadOptions", "load_pretrained", "plan_load", "unwrap_network"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_transfer.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
+from nnunet_transfer.core.loading.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
 
 
 def randn(*shape):

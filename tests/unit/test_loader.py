@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import make_unet
+from helpers import make_unet
 from torch import nn
 
 from nnunet_transfer import LoadGuardError, load_pretrained, unwrap_network
-from nnunet_transfer.report import TensorRecord
+from nnunet_transfer.core.loading.report import TensorRecord
 
 ANISO = dict(kernels=((1, 3, 3), (3, 3, 3), (3, 3, 3)), strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)))
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
@@ -152,7 +152,7 @@ def test_different_widths_and_stages_are_skipped_with_reasons(tmp_path, unet_fac
 
 
 def test_report_counts_each_parameter_group_once(tmp_path, unet_factory):
-    from nnunet_transfer.groups import derive_groups
+    from nnunet_transfer.core.schedules.groups import derive_groups
 
     src = unet_factory(seed=1, features=(4, 8, 16))
     net = unet_factory(seed=2, features=(4, 8, 32))  # the deepest stage (and what touches it) cannot load

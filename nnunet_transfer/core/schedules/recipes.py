@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nnunet_transfer.core.loading.keys import parse_rename_rule
 from nnunet_transfer.errors import RecipeError
-from nnunet_transfer.keys import parse_rename_rule
 
 __all__ = ["RECIPE_ENV_VAR", "Phase", "PretrainedSpec", "Progressive", "Recipe", "available_recipes", "load_recipe"]
 

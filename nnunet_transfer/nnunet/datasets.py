@@ -1,4 +1,4 @@
-"""Bridges to nnU-Net: find a dataset's plans and dataset.json, and build the network its plans describe."""
+"""Where nnU-Net keeps a dataset: its full name, its preprocessed plans and dataset.json (one locator)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from nnunet_transfer.errors import PlansError
 
-__all__ = ["TargetDataset", "build_network", "dataset_name", "find_target_dataset"]
+__all__ = ["TargetDataset", "dataset_name", "find_target_dataset", "read_json"]
 
 
 @dataclass
@@ -26,7 +24,7 @@ class TargetDataset:
     dataset_json: dict[str, Any]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path) as f:
             data = json.load(f)
@@ -64,28 +62,4 @@ def find_target_dataset(dataset: str, plans_identifier: str = "nnUNetPlans") -> 
         raise PlansError(
             f"{plans_file}: plans not found (plans in {folder}: {have or 'none'}); run nnUNetv2_plan_and_preprocess"
         )
-    return TargetDataset(name, folder, plans_file, _read_json(plans_file), _read_json(folder / "dataset.json"))
-
-
-def build_network(plans: dict[str, Any], configuration: str, dataset_json: dict[str, Any]) -> nn.Module:
-    """Build (on CPU, with deep supervision) the network nnU-Net's default trainer builds for these plans."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    pm = PlansManager(plans)
-    available = sorted(plans.get("configurations", {}))
-    if configuration not in available:
-        raise PlansError(f"configuration {configuration!r} not in plans {pm.plans_name!r} (available: {available})")
-    cm = pm.get_configuration(configuration)
-    num_inputs = determine_num_input_channels(pm, cm, dataset_json)
-    heads = pm.get_label_manager(dataset_json).num_segmentation_heads
-    return get_network_from_plans(
-        cm.network_arch_class_name,
-        cm.network_arch_init_kwargs,
-        cm.network_arch_init_kwargs_req_import,
-        num_inputs,
-        heads,
-        allow_init=True,
-        deep_supervision=True,
-    )
+    return TargetDataset(name, folder, plans_file, read_json(plans_file), read_json(folder / "dataset.json"))

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import RECIPES, bin_path, run
+from helpers import RECIPES, bin_path, run
 
 TRAINER = "nnUNetTrainerAdaptiveFT"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["run_doctor"]
+__all__ = ["register", "run", "run_doctor"]
 
 PTH_NAME = "nnunet_transfer_autoregister.pth"
 TRAINER = "nnUNetTrainerAdaptiveFT"
@@ -87,3 +88,12 @@ def run_doctor() -> int:
     print("registration works: `nnUNetv2_train ... -tr nnUNetTrainerAdaptiveFT` will find the trainer" if ok
           else "registration problem: see the FAIL lines above")
     return 0 if ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check that the stock nnUNetv2_* commands find our trainers, and why not")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_doctor()

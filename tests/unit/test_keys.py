@@ -2,7 +2,7 @@
 
 import pytest
 
-from nnunet_transfer.keys import normalize_keys, parse_rename_rule, strip_wrappers
+from nnunet_transfer.core.loading.keys import normalize_keys, parse_rename_rule, strip_wrappers
 
 
 @pytest.mark.parametrize(

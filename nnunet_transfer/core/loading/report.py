@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from nnunet_transfer.core.io import write_json_atomic
 
 __all__ = ["GroupRecord", "LabelMatch", "LoadReport", "Status", "TensorRecord"]
 
@@ -185,10 +185,4 @@ class LoadReport:
 
     def write_json(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` as JSON atomically (never leaves a half-written file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict())

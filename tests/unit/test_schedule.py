@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from nnunet_transfer import RecipeError
-from nnunet_transfer.groups import derive_groups
-from nnunet_transfer.recipes import Recipe
-from nnunet_transfer.schedule import (
+from nnunet_transfer.core.schedules.groups import derive_groups
+from nnunet_transfer.core.schedules.recipes import Recipe
+from nnunet_transfer.core.schedules.schedule import (
     PerGroupLRScheduler,
     apply_freeze,
     build_optimizer,
@@ -50,19 +50,6 @@ def test_primus_and_unknown_architectures():
     assert [g.name for g in derive_groups(other)] == ["all"]
     with pytest.raises(RecipeError, match=r"phases\[0\]\.unfreeze: 'decoder\.\*' matches no parameter group"):
         resolve_schedule(_recipe(phases=[{"start_epoch": 0, "unfreeze": ["decoder.*"]}]), ["all"], 10, 0.01)
-
-
-def test_groups_of_the_network_nnunet_builds_from_plans(workspace):
-    import json
-
-    from nnunet_transfer.nnunet import build_network
-
-    folder = workspace.root / "preprocessed" / "Dataset901_Aniso"
-    net = build_network(json.loads((folder / "nnUNetPlans.json").read_text()), "3d_fullres",
-                        json.loads((folder / "dataset.json").read_text()))
-    groups = derive_groups(net)
-    assert sum(g.numel for g in groups) == sum(p.numel() for p in net.parameters())
-    assert [g.name for g in groups][-1] == "heads"
 
 
 def test_custom_patterns_errors(unet_factory):
@@ -194,9 +181,9 @@ def _ddp_unfreeze_worker(rank: int, world: int, port: str, out: str) -> None:
     import os
 
     import torch.distributed as dist
-    from conftest import make_unet
+    from helpers import make_unet
 
-    from nnunet_transfer.schedule import rewrap_ddp
+    from nnunet_transfer.core.schedules.schedule import rewrap_ddp
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -228,7 +215,7 @@ def test_parameters_unfrozen_under_ddp_stay_synchronised(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
-    from conftest import make_unet
+    from helpers import make_unet
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -280,7 +267,7 @@ def test_compiled_network_follows_freeze_changes(unet_factory, backend):
 def test_schedule_panel_is_added_under_nnunets_plot(tmp_path):
     from PIL import Image
 
-    from nnunet_transfer.plotting import add_schedule_panel
+    from nnunet_transfer.core.schedules.plot import add_schedule_panel
 
     png = tmp_path / "progress.png"
     Image.new("RGBA", (600, 1080), (10, 20, 30, 255)).save(png)

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import RECIPES, Workspace, bin_path, run
+from helpers import RECIPES, Workspace, bin_path, run
 
-from nnunet_transfer.synthetic import make_dataset
+from nnunet_transfer.demo.synthetic import make_dataset
 
 TRAINER = "nnUNetTrainerAdaptiveFT"
 ANISO, TWO_CH, REGIONS, DRY = 911, 912, 913, 914

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from nnunet_transfer import RecipeError, load_recipe
-from nnunet_transfer.recipes import available_recipes
+from nnunet_transfer.core.schedules.recipes import available_recipes
 
 
 @pytest.mark.parametrize("name", available_recipes())
 @pytest.mark.parametrize("residual", [False, True])
 def test_shipped_recipes_load_and_resolve_on_real_networks(name, residual, unet_factory):
-    from nnunet_transfer.groups import derive_groups
-    from nnunet_transfer.schedule import resolve_schedule
+    from nnunet_transfer.core.schedules.groups import derive_groups
+    from nnunet_transfer.core.schedules.schedule import resolve_schedule
 
     recipe = load_recipe(name)
     assert recipe.name == name
@@ -27,7 +27,7 @@ def test_shipped_recipes_load_and_resolve_on_real_networks(name, residual, unet_
 
 
 def test_default_recipe_freezes_the_encoder_first_then_unfreezes_deepest_first():
-    from nnunet_transfer.schedule import resolve_schedule
+    from nnunet_transfer.core.schedules.schedule import resolve_schedule
 
     groups = [f"encoder.stage{i}" for i in range(6)] + [f"decoder.stage{j}" for j in range(5)] + ["heads"]
     s = resolve_schedule(load_recipe("default"), groups, 1000, 0.01)

@@ -8,7 +8,7 @@ import re
 import sys
 
 import torch
-from conftest import RECIPES, TESTS, run
+from helpers import RECIPES, TESTS, run
 
 TRAINER_FOLDER = "nnUNetTrainerAdaptiveFT__nnUNetPlans__3d_fullres"
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nnunet_transfer.core.io import atomic_path
+
 __all__ = ["add_schedule_panel"]
 
 
@@ -56,6 +58,5 @@ def add_schedule_panel(png: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     out = Image.new("RGBA", (base.width, base.height + panel.height), "white")
     out.paste(base, (0, 0))
     out.paste(panel, (0, base.height))
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    out.save(tmp, compress_level=1)
-    tmp.replace(png)
+    with atomic_path(png) as tmp:
+        out.save(tmp, format="PNG", compress_level=1)

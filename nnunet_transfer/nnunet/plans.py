@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nnunet_transfer.core.io import write_json_atomic
 from nnunet_transfer.errors import PlansError, TransferError
 
 __all__ = [
@@ -104,7 +105,7 @@ def read_source_plans(
         dataset_json = json.loads(dj.read_text()) if dj.is_file() else None
         return SourcePlans(plans, str(path), sorted(plans["configurations"]), None, dataset_json)
     if path.exists() or path.suffix in (".pth", ".pt", ".ckpt", ".safetensors"):
-        from nnunet_transfer.checkpoint import read_checkpoint
+        from nnunet_transfer.core.loading.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(path, allow_globals=allow_globals, trust_checkpoint=trust_checkpoint)
         if ckpt.plans is None or "configurations" not in ckpt.plans:
@@ -114,7 +115,7 @@ def read_source_plans(
             )
         confs = [ckpt.configuration] if ckpt.configuration else sorted(ckpt.plans["configurations"])
         return SourcePlans(ckpt.plans, str(path), confs, ckpt, ckpt.dataset_json)
-    from nnunet_transfer.nnunet import find_target_dataset
+    from nnunet_transfer.nnunet.datasets import find_target_dataset
 
     ds = find_target_dataset(str(source), source_plans_identifier)
     return SourcePlans(ds.plans, f"{ds.name} ({ds.plans_file.name})", sorted(ds.plans["configurations"]), None,
@@ -136,7 +137,7 @@ def _raw_dataset(target: str | int) -> tuple[str, Path, dict[str, Any]]:
     pre = os.environ.get("nnUNet_preprocessed")
     if not raw or not pre:
         raise PlansError("nnUNet_raw and nnUNet_preprocessed must be set")
-    from nnunet_transfer.nnunet import dataset_name
+    from nnunet_transfer.nnunet.datasets import dataset_name
 
     name = dataset_name(target)
     if name is None:
@@ -316,7 +317,7 @@ def _check_builds(plans: dict[str, Any], confs: Sequence[str], dataset_json: dic
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_transfer.nnunet import build_network
+    from nnunet_transfer.nnunet.networks import build_network
 
     for c in confs:
         patch = plans["configurations"][c]["patch_size"]
@@ -385,9 +386,7 @@ def write_plans(transfer: PlansTransfer, overwrite: bool = False) -> Path:
             stale = transfer.target_folder / transfer.plans["configurations"][c]["data_identifier"]
             if stale.is_dir():
                 shutil.rmtree(stale)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(transfer.plans, indent=4))
-    os.replace(tmp, path)
+    write_json_atomic(path, transfer.plans, indent=4)
     dj = transfer.target_folder / "dataset.json"
     if not dj.exists():
         dj.write_text(json.dumps(transfer.target_dataset_json, indent=4))
@@ -421,9 +420,9 @@ def check_transfer(transfer: PlansTransfer, min_coverage: float = 0.5) -> list[t
     From a checkpoint: its weights against the network the new plans build for the target. From plans: the
     network the source plans build for the source (needs its dataset.json) against the target's.
     """
-    from nnunet_transfer.checkpoint import SourceCheckpoint
-    from nnunet_transfer.loader import LoadOptions, plan_load
-    from nnunet_transfer.nnunet import build_network
+    from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint
+    from nnunet_transfer.core.loading.loader import LoadOptions, plan_load
+    from nnunet_transfer.nnunet.networks import build_network
 
     src = transfer.source
     options = LoadOptions(min_coverage=min_coverage)

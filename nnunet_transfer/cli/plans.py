@@ -1,0 +1,76 @@
+"""``nnunet-transfer plans``: plans transfer, preprocessing and the check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_transfer.cli._common import add_load_options, write_json
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plans", help="make target plans that build the pretrained network, preprocess, check")
+    p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT_OR_SOURCE",
+                   help="pretrained nnU-Net checkpoint, source plans JSON file, or source dataset name/ID")
+    p.add_argument("-t", "--target", required=True, help="target dataset name or ID (raw data needed)")
+    p.add_argument("-tp", "--plans-identifier", required=True, help="identifier of the new plans, e.g. nnUNetPlans_ft")
+    p.add_argument("-c", "--configurations", nargs="+", default=None,
+                   help="configurations to transfer (default: the checkpoint's, or all of the source plans)")
+    p.add_argument("-sp", "--source-plans", default="nnUNetPlans", help="plans identifier of a source dataset")
+    p.add_argument("--intensity-stats", choices=["target", "source"], default="target",
+                   help="intensity statistics for CT normalisation: the target's (default) or the source's")
+    p.add_argument("--patch-size", type=int, nargs="+", help="override the patch size (must fit the network)")
+    p.add_argument("--spacing", type=float, nargs="+", help="override the target spacing (mm)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing plans of that identifier (and data)")
+    p.add_argument("--dry-run", action="store_true", help="show the plans diff and the check; write nothing")
+    p.add_argument("--no-preprocess", action="store_true", help="write the plans but do not preprocess")
+    p.add_argument("-np", type=int, default=2, help="processes for fingerprint extraction and preprocessing")
+    p.add_argument("--min-coverage", type=float, default=0.5, help="guard of the check (default 0.5)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the table of every tensor")
+    add_load_options(p, container=False)  # plans come from nnU-Net checkpoints: no container choice
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_transfer.nnunet.plans import (
+        check_transfer,
+        preprocess_transfer,
+        read_source_plans,
+        transfer_plans,
+        write_plans,
+    )
+
+    source = read_source_plans(args.source, args.source_plans, args.allow_global, args.trust_checkpoint)
+    transfer = transfer_plans(
+        source, args.target, args.plans_identifier, args.configurations, intensity_stats=args.intensity_stats,
+        patch_size=args.patch_size, spacing=args.spacing, overwrite=args.overwrite, dry_run=args.dry_run,
+        num_processes=args.np,
+    )
+    print(transfer.describe())
+    if args.dry_run:
+        print("dry run: nothing written")
+    else:
+        path = write_plans(transfer, overwrite=args.overwrite)
+        print(f"wrote {path}")
+        if not args.no_preprocess:
+            preprocess_transfer(transfer, args.np)
+            print(f"preprocessed {transfer.target_name} with {args.plans_identifier}: {transfer.configurations}")
+    code = 0
+    reports = {}
+    for conf, report in check_transfer(transfer, args.min_coverage):
+        print(f"[{conf}] " + (report.table() if args.verbose else report.summary()))
+        reports[conf] = report.to_dict()
+        if not report.passed:
+            code = 1
+            print(f"FAIL [{conf}]: coverage {report.coverage:.3f} below {report.min_coverage}: "
+                  + "; ".join(report.main_reasons()), file=sys.stderr)
+    if not args.dry_run:
+        print(f"fine-tune with: nnUNetv2_train {transfer.target_name} {transfer.configurations[0]} FOLD "
+              f"-p {args.plans_identifier} -tr nnUNetTrainerAdaptiveFT"
+              + (f" -pretrained_weights {source.description}" if source.checkpoint is not None else ""))
+    write_json(args.json, {"plans_file": str(transfer.plans_file), "dry_run": args.dry_run,
+                            "diff": [{"path": p, "source": o, "new": n} for p, o, n in transfer.diffs],
+                            "costs": transfer.costs, "notes": transfer.notes, "reports": reports})
+    return code

@@ -1,0 +1,1 @@
+"""Fine-tuning schedules: parameter groups, validated recipes, per-group learning rates and freezing, the plot."""

@@ -1,0 +1,33 @@
+"""The package's layout holds: the core never imports nnU-Net, and the layers only import downwards."""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import sys
+from pathlib import Path
+
+from helpers import run
+
+import nnunet_transfer.core
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_import_contracts_hold():
+    """import-linter over the source tree (imports inside functions included): see [tool.importlinter]."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = run([str(Path(sys.executable).parent / "lint-imports"), "--config", str(ROOT / "pyproject.toml")], env,
+               check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "Contracts: 2 kept, 0 broken." in proc.stdout
+
+
+def test_importing_every_core_module_loads_no_nnunet():
+    """At run time too (covers importlib and other imports a static check cannot see)."""
+    names = [m.name for m in pkgutil.walk_packages(nnunet_transfer.core.__path__, "nnunet_transfer.core.")]
+    assert len(names) >= 12
+    code = ("import importlib, sys\n"
+            f"for n in {names!r}: importlib.import_module(n)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'batchgenerators')}))")
+    assert run([sys.executable, "-c", code], dict(os.environ)).stdout.strip() == "[]"
