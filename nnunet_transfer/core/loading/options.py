@@ -93,11 +93,6 @@ class LoadOptions(BaseModel):
         return [f"{p}={r}" if "=" not in p else [p, r] for p, r in rules]
 
     @classmethod
-    def known(cls) -> list[str]:
-        """Names of every option of this schema."""
-        return list(cls.model_fields)
-
-    @classmethod
     def _check_names(cls, names: Any) -> None:
         unknown = sorted(set(names) - set(cls.model_fields))
         if unknown:
