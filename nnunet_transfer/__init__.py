@@ -13,8 +13,9 @@ from nnunet_transfer._version import __version__
 
 if TYPE_CHECKING:
     from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
-    from nnunet_transfer.core.loading.loader import LoadOptions, load_pretrained, plan_load, unwrap_network
-    from nnunet_transfer.core.loading.report import LoadReport, TensorRecord
+    from nnunet_transfer.core.loading.loader import load_pretrained, plan_load, unwrap_network
+    from nnunet_transfer.core.loading.options import LoadOptions
+    from nnunet_transfer.core.loading.report import LoadReport, ReasonCode, TensorRecord
     from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
     from nnunet_transfer.core.schedules.recipes import Recipe, load_recipe
     from nnunet_transfer.core.schedules.schedule import PerGroupLRScheduler, Schedule, build_optimizer, resolve_schedule
@@ -47,6 +48,7 @@ __all__ = [
     "NonFiniteWeightsError",
     "PlansError",
     "PlansTransfer",
+    "ReasonCode",
     "Recipe",
     "RecipeError",
     "SourceCheckpoint",
@@ -88,7 +90,7 @@ _WHERE = {
     "ParameterGroup": "core.schedules.groups",
     "derive_groups": "core.schedules.groups",
     "UnsafeCheckpointError": "errors",
-    "LoadOptions": "core.loading.loader",
+    "LoadOptions": "core.loading.options",
     "load_pretrained": "core.loading.loader",
     "plan_load": "core.loading.loader",
     "unwrap_network": "core.loading.loader",
@@ -107,6 +109,7 @@ _WHERE = {
     "build_optimizer": "core.schedules.schedule",
     "resolve_schedule": "core.schedules.schedule",
     "LoadReport": "core.loading.report",
+    "ReasonCode": "core.loading.report",
     "TensorRecord": "core.loading.report",
 }
 

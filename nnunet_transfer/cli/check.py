@@ -1,11 +1,15 @@
-"""``nnunet-transfer check``: dry run of the load against the network a target dataset's plans build."""
+"""``nnunet-transfer check``: dry run of the load against the network a target dataset's plans build.
+
+With ``--recipe`` the options are exactly the recipe's ``pretrained:`` section (loader flags given explicitly override
+single options) and its ``pretrained.checkpoint`` is the default checkpoint: the load the trainer will do.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from nnunet_transfer.cli._common import add_load_options, write_json
+from nnunet_transfer.cli._common import add_json_option, add_load_flags, load_options_from_args, write_json
 from nnunet_transfer.errors import TransferError
 
 __all__ = ["register", "run"]
@@ -13,36 +17,46 @@ __all__ = ["register", "run"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="dry-run the adaptive load against the network a target dataset's plans build")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="the pretrained checkpoint (optional when the --recipe names pretrained.checkpoint)")
     p.add_argument("-d", "--dataset", required=True, help="target dataset name or ID")
     p.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("--min-coverage", type=float, default=0.5, help="guard: minimum coverage (default 0.5)")
-    p.add_argument("--rename", action="append", default=[], metavar="PATTERN=REPLACEMENT",
-                   help="rename rule, the pattern matched against the whole key; repeatable")
+    p.add_argument("-tr", "--trainer", default=None, metavar="NAME",
+                   help="trainer class whose network to build (default: nnU-Net's nnUNetTrainer)")
+    p.add_argument("--recipe", metavar="NAME_OR_PATH",
+                   help="take the loader options (and the checkpoint, if none is given) from this recipe's "
+                        "pretrained section: the load the fine-tuning trainer will do")
     p.add_argument("-v", "--verbose", action="store_true", help="print the table of every tensor")
-    add_load_options(p)
+    add_load_flags(p, defaults_from="the recipe's pretrained section with --recipe, else the values shown")
+    add_json_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_transfer.core.loading.checkpoint import read_checkpoint
-    from nnunet_transfer.core.loading.keys import parse_rename_rule
-    from nnunet_transfer.core.loading.loader import LoadOptions, plan_load
+    from nnunet_transfer.core.loading.loader import plan_load
+    from nnunet_transfer.core.schedules.recipes import load_recipe
     from nnunet_transfer.nnunet.datasets import find_target_dataset
     from nnunet_transfer.nnunet.networks import build_network
 
-    try:
-        rename = tuple(parse_rename_rule(r) for r in args.rename)
-    except ValueError as e:
-        raise TransferError(str(e)) from None
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    options = load_options_from_args(args, recipe.pretrained.load_options() if recipe else None)
+    checkpoint = args.checkpoint or (recipe.pretrained.checkpoint if recipe else None)
+    if not checkpoint:
+        where = f"recipe {recipe.name} ({recipe.source}) has no pretrained.checkpoint" if recipe else "no --recipe"
+        raise TransferError(f"no checkpoint to check: give CHECKPOINT, or a --recipe whose pretrained.checkpoint "
+                            f"names one ({where})")
     target = find_target_dataset(args.dataset, args.plans)
-    source = read_checkpoint(args.checkpoint, container=args.container, allow_globals=args.allow_global,
-                             trust_checkpoint=args.trust_checkpoint)
-    network = build_network(target.plans, args.configuration, target.dataset_json)
-    options = LoadOptions.from_kwargs(min_coverage=args.min_coverage, rename=rename)
+    source = read_checkpoint(checkpoint, container=options.container, allow_globals=options.allow_globals,
+                             trust_checkpoint=options.trust_checkpoint)
+    # build_network takes ``trainer`` in newer releases: passed only when asked for, so older ones keep working
+    extra = {"trainer": args.trainer} if args.trainer else {}
+    network = build_network(target.plans, args.configuration, target.dataset_json, **extra)
     report, _ = plan_load(network, source, target.dataset_json.get("labels"), options)
     code = 0 if report.passed else 1
+    if recipe is not None:
+        print(f"loader options from recipe {recipe.name} ({recipe.source})")
     print(report.table() if args.verbose else report.summary())
     if code:
         print(f"FAIL: coverage {report.coverage:.3f} below the minimum {report.min_coverage}. Main reasons: "

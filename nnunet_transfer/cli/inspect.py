@@ -6,7 +6,7 @@ import argparse
 from collections import Counter
 from typing import Any
 
-from nnunet_transfer.cli._common import add_load_options, write_json
+from nnunet_transfer.cli._common import READ_FIELDS, add_json_option, add_load_flags, load_options_from_args, write_json
 
 __all__ = ["register", "run"]
 
@@ -14,7 +14,8 @@ __all__ = ["register", "run"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="describe a checkpoint: format, container, prefixes, tensors, plans, labels")
     p.add_argument("checkpoint")
-    add_load_options(p)
+    add_load_flags(p, READ_FIELDS)
+    add_json_option(p)
     p.set_defaults(func=run)
 
 
@@ -42,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_transfer.core.loading.heads import head_channels
     from nnunet_transfer.core.loading.keys import strip_wrappers
 
-    ckpt = read_checkpoint(args.checkpoint, container=args.container, allow_globals=args.allow_global,
-                           trust_checkpoint=args.trust_checkpoint)
+    opts = load_options_from_args(args)
+    ckpt = read_checkpoint(args.checkpoint, container=opts.container, allow_globals=opts.allow_globals,
+                           trust_checkpoint=opts.trust_checkpoint)
     keys = list(ckpt.state_dict)
     wrapped = sum(strip_wrappers(k) != k for k in keys)
     firsts = Counter(strip_wrappers(k).split(".")[0] for k in keys)

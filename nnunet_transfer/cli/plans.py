@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_transfer.cli._common import add_load_options, write_json
+from nnunet_transfer.cli._common import add_json_option, add_load_flags, load_options_from_args, write_json
 
 __all__ = ["register", "run"]
 
@@ -27,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="show the plans diff and the check; write nothing")
     p.add_argument("--no-preprocess", action="store_true", help="write the plans but do not preprocess")
     p.add_argument("-np", type=int, default=2, help="processes for fingerprint extraction and preprocessing")
-    p.add_argument("--min-coverage", type=float, default=0.5, help="guard of the check (default 0.5)")
     p.add_argument("-v", "--verbose", action="store_true", help="print the table of every tensor")
-    add_load_options(p, container=False)  # plans come from nnU-Net checkpoints: no container choice
+    # plans come from nnU-Net checkpoints: no container choice; the check is the default load
+    add_load_flags(p, ("min_coverage", "allow_globals", "trust_checkpoint"))
+    add_json_option(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         write_plans,
     )
 
-    source = read_source_plans(args.source, args.source_plans, args.allow_global, args.trust_checkpoint)
+    opts = load_options_from_args(args)
+    source = read_source_plans(args.source, args.source_plans, opts.allow_globals, opts.trust_checkpoint)
     transfer = transfer_plans(
         source, args.target, args.plans_identifier, args.configurations, intensity_stats=args.intensity_stats,
         patch_size=args.patch_size, spacing=args.spacing, overwrite=args.overwrite, dry_run=args.dry_run,
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"preprocessed {transfer.target_name} with {args.plans_identifier}: {transfer.configurations}")
     code = 0
     reports = {}
-    for conf, report in check_transfer(transfer, args.min_coverage):
+    for conf, report in check_transfer(transfer, opts.min_coverage):
         print(f"[{conf}] " + (report.table() if args.verbose else report.summary()))
         reports[conf] = report.to_dict()
         if not report.passed:

@@ -112,10 +112,10 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             self.initialize()
         if not self._resumed and self.current_epoch == 0:
             self._refuse_finished_fold()  # before the load writes its report into the fold folder
-        options = self.ft_recipe.pretrained.loader_options()
+        options = self.ft_recipe.pretrained.load_options()
         checkpoint = os.path.abspath(checkpoint)  # the report names it; a later --c may need it again
         try:
-            report = load_pretrained(self.network, checkpoint, self.dataset_json.get("labels"), **options)
+            report = load_pretrained(self.network, checkpoint, self.dataset_json.get("labels"), options)
         except LoadGuardError as e:
             e.report.attach_groups(self.param_groups)
             self._log_report(e.report)

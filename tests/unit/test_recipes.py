@@ -74,7 +74,7 @@ def test_relative_checkpoint_is_relative_to_the_recipe(tmp_path):
     path.write_text("name: r\npretrained:\n  checkpoint: ../ckpt/checkpoint_final.pth\n  rename: ['a\\.(.*)=b.\\1']\n")
     recipe = load_recipe(path)
     assert recipe.pretrained.checkpoint == str(tmp_path / "ckpt" / "checkpoint_final.pth")
-    assert recipe.pretrained.loader_options()["rename"] == (("a\\.(.*)", "b.\\1"),)
+    assert recipe.pretrained.load_options().rename == (("a\\.(.*)", "b.\\1"),)
 
 
 def test_unknown_recipe_name_lists_the_shipped_ones():

@@ -1,7 +1,10 @@
 """Key normalisation: one place that turns checkpoint keys into the target network's names.
 
-Three kinds of rule, applied in this order:
+Four kinds of rule, applied in this order:
 
+0. **The user's key map** (Python API only, ``LoadOptions.key_map``): a callable given each raw checkpoint key; it
+   returns the new key (the rules below then apply to it), or ``None`` to drop the tensor (it is neither loaded nor
+   reported as unused). It runs first so that it sees the keys exactly as ``nnunet-transfer inspect`` shows them.
 1. **User rename rules** ``(pattern, replacement)``: the pattern must match the *whole* key (``re.fullmatch``);
    the replacement may use groups (``\\1``). The first matching rule wins.
 2. **Wrapper segments**: ``module.`` (DDP / DataParallel) at the start of a key, and ``_orig_mod.``
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["KeyMapping", "RenameRule", "normalize_keys", "parse_rename_rule", "strip_wrappers"]
+__all__ = ["KeyMap", "KeyMapping", "RenameRule", "normalize_keys", "parse_rename_rule", "strip_wrappers"]
 
 RenameRule = tuple[str, str]
+KeyMap = Callable[[str], str | None]
 
 _ORIG_MOD = re.compile(r"(?:(?<=\.)|^)_orig_mod\.")
 _MODULE = "module."
@@ -52,9 +56,14 @@ def parse_rename_rule(text: str) -> RenameRule:
 
 @dataclass
 class KeyMapping:
-    """Result of :func:`normalize_keys`: ``names[source_key] = normalised key`` plus what was done."""
+    """Result of :func:`normalize_keys`: ``names[source_key] = normalised key`` plus what was done.
+
+    Keys the key map dropped are not in :attr:`names`; they are listed in :attr:`dropped`.
+    """
 
     names: dict[str, str]
+    mapped: int = 0
+    dropped: list[str] = field(default_factory=list)
     renamed: int = 0
     wrappers_stripped: int = 0
     prefix_removed: str = ""
@@ -64,6 +73,8 @@ class KeyMapping:
     def describe(self) -> str:
         """One line saying which rules changed keys (empty if none did)."""
         parts = []
+        if self.mapped or self.dropped:
+            parts.append(f"key_map renamed {self.mapped} keys and dropped {len(self.dropped)}")
         if self.renamed:
             parts.append(f"{self.renamed} keys renamed by user rules")
         if self.wrappers_stripped:
@@ -86,8 +97,11 @@ def normalize_keys(
     source_keys: Sequence[str],
     target_keys: Iterable[str] | None = None,
     rename: Sequence[RenameRule] = (),
+    key_map: KeyMap | None = None,
 ) -> KeyMapping:
     """Map each source key to the name it should have in the target network.
+
+    Order: ``key_map`` (may drop keys), then the ``rename`` rules, wrapper segments and prefix alignment.
 
     >>> m = normalize_keys(["module._orig_mod.model.encoder.w"], ["encoder.w", "decoder.w"])
     >>> m.names["module._orig_mod.model.encoder.w"], m.prefix_removed
@@ -95,9 +109,20 @@ def normalize_keys(
     """
     compiled = [(re.compile(p), r) for p, r in rename]
     names: dict[str, str] = {}
-    renamed = stripped = 0
+    dropped: list[str] = []
+    mapped = renamed = stripped = 0
     for key in source_keys:
         new = key
+        if key_map is not None:
+            out = key_map(key)
+            if out is None:
+                dropped.append(key)
+                continue
+            if not isinstance(out, str):
+                raise TypeError(f"key_map returned {type(out).__name__} for checkpoint key {key!r}; "
+                                "it must return the new key (str) or None to drop the tensor")
+            mapped += out != key
+            new = out
         for pattern, replacement in compiled:
             m = pattern.fullmatch(new)
             if m:
@@ -107,7 +132,7 @@ def normalize_keys(
         unwrapped = strip_wrappers(new)
         stripped += unwrapped != new
         names[key] = unwrapped
-    mapping = KeyMapping(names, renamed=renamed, wrappers_stripped=stripped)
+    mapping = KeyMapping(names, mapped=mapped, dropped=dropped, renamed=renamed, wrappers_stripped=stripped)
     if target_keys is None:
         return mapping
     targets = set(target_keys)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,50 +21,15 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from nnunet_transfer.core.loading.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
 from nnunet_transfer.core.loading.heads import HeadChannels, head_channels
-from nnunet_transfer.core.loading.keys import RenameRule, normalize_keys
-from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, TensorRecord
+from nnunet_transfer.core.loading.keys import normalize_keys
+from nnunet_transfer.core.loading.options import LoadOptions
+from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, ReasonCode, TensorRecord
 from nnunet_transfer.errors import LoadGuardError, NonFiniteWeightsError
 
 __all__ = ["DEFAULT_HEAD_PATTERN", "LoadOptions", "load_pretrained", "plan_load", "unwrap_network"]
 
+# used when LoadOptions.head_pattern is None ("as the architecture declares")
 DEFAULT_HEAD_PATTERN = r"(?:.*\.)?seg_layers\.\d+\.(?:weight|bias)"
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """Options of the adaptive loader (all have defaults; recipes and the CLI set the same fields)."""
-
-    # fraction of target parameter elements (heads excluded) that must be loaded or adapted
-    min_coverage: float = 0.5
-    # user rename rules (pattern, replacement), pattern matched against the whole key
-    rename: tuple[RenameRule, ...] = ()
-    # entry of the checkpoint holding the weights (dotted); None tries the usual containers
-    container: str | None = None
-    # extra globals allowed for weights_only loading, e.g. "argparse.Namespace"
-    allow_globals: tuple[str, ...] = ()
-    # unpickle without restrictions (only for files you trust)
-    trust_checkpoint: bool = False
-    # anchored regex (fullmatch) naming segmentation-head parameters
-    head_pattern: str = DEFAULT_HEAD_PATTERN
-    # adapt the first convolution to another input-channel count
-    adapt_input_channels: bool = True
-    # adapt spatial kernel sizes of (transposed) convolutions
-    adapt_kernels: bool = True
-    # copy head output channels whose label names match
-    map_heads: bool = True
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> LoadOptions:
-        """Build options from keyword arguments, with a clear error naming an unknown option."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown loader option(s) {unknown}; known: {sorted(known)}")
-        if "rename" in kwargs:
-            kwargs["rename"] = tuple(tuple(r) for r in kwargs["rename"])
-        if "allow_globals" in kwargs:
-            kwargs["allow_globals"] = tuple(kwargs["allow_globals"])
-        return replace(cls(), **kwargs)
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -127,21 +92,24 @@ def _storage_id(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
 
 def _map_heads(
     src: torch.Tensor, tgt: torch.Tensor, src_ch: HeadChannels | None, tgt_ch: HeadChannels | None
-) -> tuple[str, str, torch.Tensor | None, list[LabelMatch]]:
-    """(status, reason, value, mapping) for one segmentation-head tensor."""
+) -> tuple[str, ReasonCode, str, torch.Tensor | None, list[LabelMatch]]:
+    """(status, code, reason, value, mapping) for one segmentation-head tensor."""
     if src.shape[1:] != tgt.shape[1:]:
-        return "skipped", f"head input shape differs: {_fmt(src.shape)} vs {_fmt(tgt.shape)}; fresh init", None, []
+        return ("skipped", ReasonCode.HEAD_SHAPE_DIFFERS,
+                f"head input shape differs: {_fmt(src.shape)} vs {_fmt(tgt.shape)}; fresh init", None, [])
     if src_ch is None or tgt_ch is None:
         if src.shape == tgt.shape and src_ch is None and tgt_ch is None:
-            return "loaded", "head: same shape, no label names to compare", src, []
+            return "loaded", ReasonCode.HEAD_SAME_SHAPE, "head: same shape, no label names to compare", src, []
         missing = "checkpoint" if src_ch is None else "target"
-        return "skipped", f"head: label names of the {missing} unknown; fresh init (pass labels to map)", None, []
+        return ("skipped", ReasonCode.HEAD_LABELS_UNKNOWN,
+                f"head: label names of the {missing} unknown; fresh init (pass labels to map)", None, [])
     if src_ch.regions != tgt_ch.regions:
         kinds = {True: "regions (sigmoid)", False: "labels (softmax)"}
         why = f"head: source uses {kinds[src_ch.regions]}, target {kinds[tgt_ch.regions]}; fresh init"
-        return "skipped", why, None, []
+        return "skipped", ReasonCode.HEAD_KIND_DIFFERS, why, None, []
     if len(src_ch.names) != src.shape[0] or len(tgt_ch.names) != tgt.shape[0]:
-        return "skipped", "head: label count does not match the head's output channels; fresh init", None, []
+        return ("skipped", ReasonCode.HEAD_LABEL_COUNT,
+                "head: label count does not match the head's output channels; fresh init", None, [])
     lookup = {n.strip().lower(): i for i, n in enumerate(src_ch.names)}
     mapping = []
     for j, name in enumerate(tgt_ch.names):
@@ -151,15 +119,16 @@ def _map_heads(
         mapping.append(LabelMatch(j, name, i, None if i is None else src_ch.names[i]))
     copied = [m for m in mapping if m.source_index is not None]
     if not copied:
-        return "skipped", "head: no shared label names; fresh init", None, mapping
+        return "skipped", ReasonCode.HEAD_NO_SHARED_LABELS, "head: no shared label names; fresh init", None, mapping
     identical = all(m.source_index == m.target_index for m in mapping)
     if len(copied) == len(mapping) and src.shape == tgt.shape and identical:
-        return "loaded", "head: same labels", src, mapping
+        return "loaded", ReasonCode.HEAD_SAME_LABELS, "head: same labels", src, mapping
     value = tgt.detach().to("cpu", copy=True)
     for m in copied:
         value[m.target_index] = src[m.source_index]
     names = ", ".join(f"{m.target_name}<-{m.source_name}" for m in copied)
-    return "adapted", f"head: copied {len(copied)} of {len(mapping)} channels by label name ({names})", value, mapping
+    why = f"head: copied {len(copied)} of {len(mapping)} channels by label name ({names})"
+    return "adapted", ReasonCode.HEAD_MAPPED, why, value, mapping
 
 
 def plan_load(
@@ -174,11 +143,11 @@ def plan_load(
     mod = unwrap_network(network)
     targets = _target_tensors(mod)
     all_target_names = [n for t in targets for n in t.names]
-    mapping = normalize_keys(list(source.state_dict), all_target_names, options.rename)
+    mapping = normalize_keys(list(source.state_dict), all_target_names, options.rename, options.key_map)
     by_name: dict[str, str] = {}
     for raw, norm in mapping.names.items():
         by_name.setdefault(norm, raw)
-    head_re = re.compile(options.head_pattern)
+    head_re = re.compile(options.head_pattern or DEFAULT_HEAD_PATTERN)
     if source_labels is None and source.dataset_json is not None:
         source_labels = source.dataset_json.get("labels")
     src_ch, tgt_ch = head_channels(source_labels), head_channels(target_labels)
@@ -202,8 +171,9 @@ def plan_load(
         for n in t.names:
             if n in by_name:
                 used.add(by_name[n])
-        rec = TensorRecord(key, "missing", "missing: no tensor of this name in the checkpoint", None, None,
-                           _shape(tgt), tgt.numel(), is_param, is_head, t.names[1:])
+        rec = TensorRecord(key, "missing", ReasonCode.MISSING.value,
+                           "missing: no tensor of this name in the checkpoint", None, None, _shape(tgt), tgt.numel(),
+                           is_param, is_head, t.names[1:])
         records.append(rec)
         if not hits:
             continue
@@ -213,17 +183,20 @@ def plan_load(
         if not _is_finite(src):
             bad = int((~torch.isfinite(src)).sum())
             nonfinite.append(f"{src_key} ({bad} of {src.numel()} values NaN/Inf)")
+            rec.status, rec.code, rec.reason = "skipped", ReasonCode.NONFINITE.value, f"{bad} NaN/Inf values"
             continue
         value: torch.Tensor | None = None
         if is_head and not options.map_heads:
-            rec.status, rec.reason = "skipped", "head: map_heads is off; fresh init"
+            rec.status, rec.code = "skipped", ReasonCode.HEAD_OFF.value
+            rec.reason = "head: map_heads is off; fresh init"
         elif is_head:
-            rec.status, rec.reason, value, hm = _map_heads(src, tgt, src_ch, tgt_ch)
+            rec.status, code, rec.reason, value, hm = _map_heads(src, tgt, src_ch, tgt_ch)
+            rec.code = code.value
             label_mapping = label_mapping or hm
         elif src.shape == tgt.shape:
-            rec.status, rec.reason, value = "loaded", "exact", src
+            rec.status, rec.code, rec.reason, value = "loaded", ReasonCode.EXACT.value, "exact", src
         else:
-            rec.status, rec.reason, value = _adapt(key, src, tgt, t.owner, key == first_conv, options)
+            rec.status, rec.code, rec.reason, value = _adapt(key, src, tgt, t.owner, key == first_conv, options)
         if value is not None:
             plan.append((tgt, value))
     if nonfinite:
@@ -232,8 +205,12 @@ def plan_load(
             f"{f' (+{len(nonfinite) - 5} more)' if len(nonfinite) > 5 else ''}. Nothing was loaded."
         )
     aliases_used = {_storage_id(source.state_dict[k]) for k in used}
-    unused = [k for k in source.state_dict if k not in used and _storage_id(source.state_dict[k]) not in aliases_used]
+    dropped = set(mapping.dropped)
+    unused = [k for k in source.state_dict
+              if k not in used and k not in dropped and _storage_id(source.state_dict[k]) not in aliases_used]
     notes = []
+    if mapping.dropped:
+        notes.append(f"{len(mapping.dropped)} checkpoint keys dropped by key_map: {mapping.dropped[:5]}")
     if source.ignored_entries:
         notes.append(f"non-tensor entries in the weights container ignored: {source.ignored_entries[:5]}")
     report = LoadReport(
@@ -252,59 +229,75 @@ def plan_load(
 
 def _adapt(
     key: str, src: torch.Tensor, tgt: torch.Tensor, owner: nn.Module | None, is_first_conv: bool, options: LoadOptions
-) -> tuple[str, str, torch.Tensor | None]:
-    """Adapt a tensor whose shape differs; (status, reason, value or None)."""
+) -> tuple[str, str, str, torch.Tensor | None]:
+    """Adapt a tensor whose shape differs; (status, code, reason, value or None).
+
+    The code of an adapted tensor joins the adaptations applied with ``+`` (``input_channels+kernel``).
+    """
     shapes = f"{_fmt(src.shape)} vs target {_fmt(tgt.shape)}"
     if src.ndim != tgt.ndim:
-        return "skipped", f"dimensionality differs: {shapes}", None
+        return "skipped", ReasonCode.NDIM_MISMATCH.value, f"dimensionality differs: {shapes}", None
     if not (isinstance(owner, _ConvNd) and key.endswith("weight") and tgt.ndim >= 3):
-        return "skipped", f"shape differs (channel widths): {shapes}", None
+        return "skipped", ReasonCode.WIDTH_MISMATCH.value, f"shape differs (channel widths): {shapes}", None
     transposed = isinstance(owner, _ConvTransposeNd)
     in_dim, out_dim = (0, 1) if transposed else (1, 0)
     if src.shape[out_dim] != tgt.shape[out_dim]:
-        return "skipped", f"channel widths differ: {shapes}", None
-    w, reasons = src, []
+        return "skipped", ReasonCode.WIDTH_MISMATCH.value, f"channel widths differ: {shapes}", None
+    w, codes, reasons = src, [], []
     if src.shape[in_dim] != tgt.shape[in_dim]:
-        if not (is_first_conv and options.adapt_input_channels):
-            return "skipped", f"channel widths differ: {shapes}", None
+        if not is_first_conv:
+            return "skipped", ReasonCode.WIDTH_MISMATCH.value, f"channel widths differ: {shapes}", None
+        if not options.adapt_input_channels:
+            return ("skipped", ReasonCode.INPUT_CHANNELS_OFF.value,
+                    f"input channels differ and adapt_input_channels is off: {shapes}", None)
         w = adapt_input_channels(w, tgt.shape[in_dim], dim=in_dim)
+        codes.append(ReasonCode.INPUT_CHANNELS.value)
         reasons.append(f"input channels {src.shape[in_dim]}->{tgt.shape[in_dim]} (sum over channels kept)")
     kernel_t = tuple(tgt.shape[2:])
     if tuple(w.shape[2:]) != kernel_t:
         if not options.adapt_kernels:
-            return "skipped", f"kernel size differs and kernel adaptation is off: {shapes}", None
+            return ("skipped", ReasonCode.KERNEL_ADAPT_OFF.value,
+                    f"kernel size differs and kernel adaptation is off: {shapes}", None)
         before = _fmt(w.shape[2:])
         if transposed:
             adapted = adapt_transposed_kernel(w, kernel_t)
             if adapted is None:
-                return "skipped", f"kernel size differs by a non-integer factor: {shapes}", None
+                return ("skipped", ReasonCode.NON_INTEGER_FACTOR.value,
+                        f"kernel size differs by a non-integer factor: {shapes}", None)
             w = adapted
+            codes.append(ReasonCode.TRANSPOSED_KERNEL.value)
             reasons.append(f"transposed kernel {before}->{_fmt(kernel_t)} (average/repeat taps)")
         else:
             w = adapt_conv_kernel(w, kernel_t)
+            codes.append(ReasonCode.KERNEL.value)
             reasons.append(f"kernel {before}->{_fmt(kernel_t)} (sum along axis kept)")
-    return "adapted", "; ".join(reasons), w
+    return "adapted", "+".join(codes), "; ".join(reasons), w
 
 
 def load_pretrained(
     network: nn.Module,
     checkpoint_path: str | Path | SourceCheckpoint,
     target_labels: Mapping[str, Any] | Sequence[str] | None = None,
+    options: LoadOptions | None = None,
     *,
     dry_run: bool = False,
-    **options: Any,
+    **overrides: Any,
 ) -> LoadReport:
     """Load a checkpoint into ``network`` (plain, compiled or DDP-wrapped) adaptively and return the report.
 
     ``target_labels`` is the target's ``dataset.json`` label map (or one name per head channel); head channels whose
-    names the checkpoint shares are copied. ``options`` are :class:`LoadOptions` fields. Raises
+    names the checkpoint shares are copied. ``options`` is a :class:`LoadOptions` (a recipe's ``pretrained`` section
+    is one); keyword ``overrides`` are :class:`LoadOptions` fields set on top of it. Raises
     :class:`~nnunet_transfer.errors.LoadGuardError` below ``min_coverage`` and
     :class:`~nnunet_transfer.errors.CheckpointError` for unusable files; in both cases nothing is loaded.
 
     >>> report = load_pretrained(net, "checkpoint_final.pth", {"background": 0, "liver": 1})  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
     """
-    opts = LoadOptions.from_kwargs(**options)
+    if options is not None and not isinstance(options, LoadOptions):
+        raise TypeError(f"options must be a LoadOptions, not {type(options).__name__}; pass single options as "
+                        "keyword arguments")
+    opts = (options or LoadOptions()).replace(**overrides)
     source = (
         checkpoint_path
         if isinstance(checkpoint_path, SourceCheckpoint)

@@ -1,4 +1,35 @@
-"""The structured load report: one record per target tensor, the coverage figure and a human-readable table."""
+"""The structured load report: one record per target tensor, the coverage figure and a human-readable table.
+
+Every tensor record carries a machine-readable ``code`` (:class:`ReasonCode`) beside its sentence ``reason``:
+
+=========================  ========  =========================================================================
+code                       status    meaning
+=========================  ========  =========================================================================
+exact                      loaded    same name and shape
+input_channels             adapted   first convolution adapted to another input-channel count
+kernel                     adapted   convolution kernel resized (sum along each axis kept)
+transposed_kernel          adapted   transposed-convolution kernel resized (taps averaged / repeated)
+head_same_labels           loaded    segmentation head, same labels in the same order
+head_same_shape            loaded    segmentation head, same shape, no label names on either side to compare
+head_mapped                adapted   segmentation head, output channels copied by label name
+head_off                   skipped   segmentation head, ``map_heads`` is off
+head_no_shared_labels      skipped   segmentation head, no label name in common
+head_labels_unknown        skipped   segmentation head, the labels of the checkpoint or of the target unknown
+head_kind_differs          skipped   segmentation head, labels (softmax) on one side, regions (sigmoid) on the other
+head_shape_differs         skipped   segmentation head, its input (non-output) dimensions differ
+head_label_count           skipped   segmentation head, label count differs from the head's output channels
+width_mismatch             skipped   channel widths differ (not adaptable)
+ndim_mismatch              skipped   number of dimensions differs (e.g. 2d vs 3d)
+input_channels_off         skipped   input channels differ and ``adapt_input_channels`` is off
+kernel_adapt_off           skipped   kernel size differs and ``adapt_kernels`` is off
+non_integer_factor         skipped   transposed kernel differs by a non-integer factor
+nonfinite                  skipped   NaN/Inf in the checkpoint tensor (the load is refused as a whole)
+missing                    missing   no tensor of this name in the checkpoint
+=========================  ========  =========================================================================
+
+``code`` is one string. An adapted tensor that went through two adaptations joins their codes with ``+`` in the
+order they were applied (``input_channels+kernel``); :attr:`TensorRecord.codes` splits it.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +37,68 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 from nnunet_transfer.core.io import write_json_atomic
 
-__all__ = ["GroupRecord", "LabelMatch", "LoadReport", "Status", "TensorRecord"]
+__all__ = ["REASON_TEXT", "GroupRecord", "LabelMatch", "LoadReport", "ReasonCode", "Status", "TensorRecord"]
 
 Status = Literal["loaded", "adapted", "skipped", "missing"]
+
+
+class ReasonCode(str, Enum):
+    """Why a tensor was loaded, adapted, skipped or missing (see the table in this module's docstring)."""
+
+    EXACT = "exact"
+    INPUT_CHANNELS = "input_channels"
+    KERNEL = "kernel"
+    TRANSPOSED_KERNEL = "transposed_kernel"
+    HEAD_SAME_LABELS = "head_same_labels"
+    HEAD_SAME_SHAPE = "head_same_shape"
+    HEAD_MAPPED = "head_mapped"
+    HEAD_OFF = "head_off"
+    HEAD_NO_SHARED_LABELS = "head_no_shared_labels"
+    HEAD_LABELS_UNKNOWN = "head_labels_unknown"
+    HEAD_KIND_DIFFERS = "head_kind_differs"
+    HEAD_SHAPE_DIFFERS = "head_shape_differs"
+    HEAD_LABEL_COUNT = "head_label_count"
+    WIDTH_MISMATCH = "width_mismatch"
+    NDIM_MISMATCH = "ndim_mismatch"
+    INPUT_CHANNELS_OFF = "input_channels_off"
+    KERNEL_ADAPT_OFF = "kernel_adapt_off"
+    NON_INTEGER_FACTOR = "non_integer_factor"
+    NONFINITE = "nonfinite"
+    MISSING = "missing"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# short human text per code, for LoadReport.main_reasons() and the guard's error message
+REASON_TEXT: dict[str, str] = {
+    "exact": "same shape",
+    "input_channels": "input channels adapted",
+    "kernel": "kernel size adapted",
+    "transposed_kernel": "transposed kernel size adapted",
+    "head_same_labels": "head with the same labels",
+    "head_same_shape": "head of the same shape, no label names",
+    "head_mapped": "head channels copied by label name",
+    "head_off": "head mapping is off",
+    "head_no_shared_labels": "head without shared label names",
+    "head_labels_unknown": "head label names unknown",
+    "head_kind_differs": "head labels vs regions",
+    "head_shape_differs": "head input shape differs",
+    "head_label_count": "head label count differs from its channels",
+    "width_mismatch": "channel widths differ",
+    "ndim_mismatch": "dimensionality differs",
+    "input_channels_off": "input channels differ and their adaptation is off",
+    "kernel_adapt_off": "kernel size differs and kernel adaptation is off",
+    "non_integer_factor": "kernel size differs by a non-integer factor",
+    "nonfinite": "NaN/Inf values",
+    "missing": "missing from the checkpoint",
+}
 
 
 @dataclass
@@ -22,7 +107,8 @@ class TensorRecord:
 
     key: str
     status: Status
-    reason: str
+    code: str  # machine-readable reason: a ReasonCode value, or several joined by "+" (input_channels+kernel)
+    reason: str  # the same for humans, with shapes
     source_key: str | None
     source_shape: list[int] | None
     target_shape: list[int]
@@ -30,6 +116,11 @@ class TensorRecord:
     is_parameter: bool = True
     is_head: bool = False
     aliases: list[str] = field(default_factory=list)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """:attr:`code` split into its parts (one part unless several adaptations were applied)."""
+        return tuple(self.code.split("+"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,17 +197,23 @@ class LoadReport:
         return c
 
     def main_reasons(self, n: int = 3) -> list[str]:
-        """The reasons that cost most coverage, with the share of parameter elements each one left out."""
+        """The reason codes that cost most coverage, each as text with its code, the number of tensors and the share
+        of parameter elements it left out, and an example key (see :meth:`lost_by_code` for the figures)."""
         total = sum(r.numel for r in self.tensors if r.is_parameter and not r.is_head) or 1
+        ranked = sorted(self.lost_by_code().items(), key=lambda kv: -kv[1][0])[:n]
+        return [f"{REASON_TEXT.get(code, code)} [{code}] ({cnt} tensors, {num / total:.0%} of parameters, e.g. {ex})"
+                for code, (num, cnt, ex) in ranked]
+
+    def lost_by_code(self) -> dict[str, tuple[int, int, str]]:
+        """``{code: (parameter elements, tensors, first key)}`` of the parameters (heads excluded) not loaded."""
         lost: dict[str, list] = defaultdict(lambda: [0, 0, ""])
         for r in self.tensors:
             if r.is_parameter and not r.is_head and r.status in ("skipped", "missing"):
-                category = r.reason.split(":")[0]
-                lost[category][0] += r.numel
-                lost[category][1] += 1
-                lost[category][2] = lost[category][2] or r.key
-        ranked = sorted(lost.items(), key=lambda kv: -kv[1][0])[:n]
-        return [f"{cat} ({cnt} tensors, {num / total:.0%} of parameters, e.g. {ex})" for cat, (num, cnt, ex) in ranked]
+                entry = lost[r.code]
+                entry[0] += r.numel
+                entry[1] += 1
+                entry[2] = entry[2] or r.key
+        return {code: (num, cnt, ex) for code, (num, cnt, ex) in lost.items()}
 
     def summary(self) -> str:
         """One line for humans."""

@@ -11,12 +11,12 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nnunet_transfer.core.loading.keys import parse_rename_rule
+from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.errors import RecipeError
 
 __all__ = ["RECIPE_ENV_VAR", "Phase", "PretrainedSpec", "Progressive", "Recipe", "available_recipes", "load_recipe"]
@@ -25,35 +25,17 @@ RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
 NNUNET_DEFAULT_EPOCHS = 1000  # nnUNetTrainer.num_epochs
 
 
-class PretrainedSpec(BaseModel):
-    """Where the pretrained weights come from and how the adaptive loader treats them."""
-
-    model_config = ConfigDict(extra="forbid")
+class PretrainedSpec(LoadOptions):
+    """A recipe's ``pretrained:`` section: every :class:`LoadOptions` field, plus where the weights come from."""
 
     checkpoint: str | None = Field(None, description="checkpoint path; relative paths are relative to the recipe file")
-    # a new training without pretrained weights (neither -pretrained_weights nor checkpoint) is an error unless False
-    required: bool = True
-    min_coverage: float = Field(0.5, ge=0.0, le=1.0)
-    rename: list[str] = Field(default_factory=list, description="PATTERN=REPLACEMENT rules, pattern fullmatched")
-    container: str | None = None
-    allow_globals: list[str] = Field(default_factory=list)
-    trust_checkpoint: bool = False
-    adapt_input_channels: bool = True
-    adapt_kernels: bool = True
-    map_heads: bool = True
+    required: bool = Field(
+        True, description="a new training without pretrained weights (neither -pretrained_weights nor checkpoint) "
+                          "is an error unless false")
 
-    @field_validator("rename")
-    @classmethod
-    def _check_rules(cls, rules: list[str]) -> list[str]:
-        for rule in rules:
-            parse_rename_rule(rule)
-        return rules
-
-    def loader_options(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`nnunet_transfer.load_pretrained`."""
-        opts = self.model_dump(exclude={"checkpoint", "required"})
-        opts["rename"] = tuple(parse_rename_rule(r) for r in self.rename)
-        return opts
+    def load_options(self) -> LoadOptions:
+        """The loader's options of this section (``checkpoint`` and ``required`` left out)."""
+        return LoadOptions.model_validate({name: getattr(self, name) for name in LoadOptions.model_fields})
 
 
 class Phase(BaseModel):
@@ -178,6 +160,6 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         ckpt = os.path.expandvars(os.path.expanduser(ckpt))
         if not os.path.isabs(ckpt):
             ckpt = str((path.parent / ckpt).resolve())
-        recipe.pretrained.checkpoint = ckpt
+        recipe.pretrained = recipe.pretrained.model_copy(update={"checkpoint": ckpt})
     recipe.source = where
     return recipe
