@@ -220,9 +220,9 @@ def _primus_groups(network: nn.Module) -> dict[str, list[str]]:
     """encoder.stem (patch embedding, EVA's non-block parameters, register tokens), encoder.stage{i} (block i; the
     last also holds the final norm), heads (the patch decoder)."""
     names = _param_names(network)
-    enc = re.escape(_declared(network, "key_to_encoder", "eva"))
-    stem = re.escape(_declared(network, "key_to_stem", "down_projection"))
-    blocks = _indices(names, _declared(network, "key_to_encoder", "eva") + ".blocks.")
+    encoder = _declared(network, "key_to_encoder", "eva")
+    enc, stem = re.escape(encoder), re.escape(_declared(network, "key_to_stem", "down_projection"))
+    blocks = _indices(names, encoder + ".blocks.")
     groups = {"encoder.stem": [rf"{stem}\..+", rf"{enc}\.(?!blocks\.|norm\.).+", r"register_tokens"]}
     for i in blocks:
         groups[f"encoder.stage{i}"] = [rf"{enc}\.blocks\.{i}\..+"] + ([rf"{enc}\.norm\..+"] if i == blocks[-1] else [])
