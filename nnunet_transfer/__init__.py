@@ -12,6 +12,13 @@ from typing import TYPE_CHECKING, Any
 from nnunet_transfer._version import __version__
 
 if TYPE_CHECKING:
+    from nnunet_transfer.core.architectures import (
+        ArchitectureSpec,
+        architecture_for,
+        list_architectures,
+        register_architecture,
+        unregister_architecture,
+    )
     from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
     from nnunet_transfer.core.loading.loader import load_pretrained, plan_load, unwrap_network
     from nnunet_transfer.core.loading.options import LoadOptions
@@ -20,6 +27,7 @@ if TYPE_CHECKING:
     from nnunet_transfer.core.schedules.recipes import Recipe, load_recipe
     from nnunet_transfer.core.schedules.schedule import PerGroupLRScheduler, Schedule, build_optimizer, resolve_schedule
     from nnunet_transfer.errors import (
+        ArchitectureError,
         CheckpointError,
         LoadGuardError,
         NonFiniteWeightsError,
@@ -41,6 +49,8 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "ArchitectureError",
+    "ArchitectureSpec",
     "CheckpointError",
     "LoadGuardError",
     "LoadOptions",
@@ -60,24 +70,34 @@ __all__ = [
     "TransferError",
     "UnsafeCheckpointError",
     "__version__",
+    "architecture_for",
     "build_network",
     "build_optimizer",
     "check_transfer",
     "derive_groups",
     "find_target_dataset",
     "load_pretrained",
+    "list_architectures",
     "load_recipe",
     "plan_load",
     "preprocess_transfer",
     "read_checkpoint",
     "read_source_plans",
+    "register_architecture",
     "resolve_schedule",
     "transfer_plans",
+    "unregister_architecture",
     "unwrap_network",
     "write_plans",
 ]
 
 _WHERE = {
+    "ArchitectureError": "errors",
+    "ArchitectureSpec": "core.architectures",
+    "architecture_for": "core.architectures",
+    "list_architectures": "core.architectures",
+    "register_architecture": "core.architectures",
+    "unregister_architecture": "core.architectures",
     "SourceCheckpoint": "core.loading.checkpoint",
     "read_checkpoint": "core.loading.checkpoint",
     "CheckpointError": "errors",

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from nnunet_transfer.core.loading.report import LoadReport
 
 __all__ = [
+    "ArchitectureError",
     "CheckpointError",
     "LoadGuardError",
     "NonFiniteWeightsError",
@@ -61,3 +62,7 @@ class PlansError(TransferError):
 
 class TrainingStateError(TransferError):
     """A training would lose results or start without pretrained weights (a finished fold, no weights given)."""
+
+
+class ArchitectureError(TransferError):
+    """An architecture spec is invalid or names what its network does not have (a module, a duplicate name)."""

@@ -18,30 +18,22 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from nnunet_transfer.core.architectures import SEG_LAYERS_HEAD_PATTERN, architecture_for
 from nnunet_transfer.core.loading.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
 from nnunet_transfer.core.loading.heads import HeadChannels, head_channels
 from nnunet_transfer.core.loading.keys import normalize_keys
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, ReasonCode, TensorRecord
+from nnunet_transfer.core.modules import unwrap_network
 from nnunet_transfer.errors import LoadGuardError, NonFiniteWeightsError
 
 __all__ = ["DEFAULT_HEAD_PATTERN", "LoadOptions", "load_pretrained", "plan_load", "unwrap_network"]
 
 # used when LoadOptions.head_pattern is None ("as the architecture declares")
-DEFAULT_HEAD_PATTERN = r"(?:.*\.)?seg_layers\.\d+\.(?:weight|bias)"
+DEFAULT_HEAD_PATTERN = SEG_LAYERS_HEAD_PATTERN  # nnU-Net's U-Nets; the registry gives every family its own
 
 
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The plain module under DDP / DataParallel and torch.compile wrappers, in any order and nesting."""
-    mod = network
-    while True:
-        if isinstance(mod, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            mod = mod.module
-        elif hasattr(mod, "_orig_mod") and isinstance(mod._orig_mod, nn.Module):
-            mod = mod._orig_mod
-        else:
-            return mod
 
 
 def _shape(t: torch.Tensor) -> list[int]:
@@ -147,16 +139,14 @@ def plan_load(
     by_name: dict[str, str] = {}
     for raw, norm in mapping.names.items():
         by_name.setdefault(norm, raw)
-    head_re = re.compile(options.head_pattern or DEFAULT_HEAD_PATTERN)
+    spec = architecture_for(mod)  # a head pattern the caller gave wins over the one the architecture declares
+    head_re = re.compile(options.head_pattern or spec.head_pattern)
     if source_labels is None and source.dataset_json is not None:
         source_labels = source.dataset_json.get("labels")
     src_ch, tgt_ch = head_channels(source_labels), head_channels(target_labels)
 
-    first_conv = next(
-        (t.names[0] for t in targets if isinstance(t.owner, _ConvNd) and not isinstance(t.owner, _ConvTransposeNd)
-         and t.names[0].endswith("weight") and t.tensor.ndim >= 3),
-        None,
-    )
+    in_proj = {f"{m}.weight" for m in spec.input_projection(mod)}  # every alias of the input projection
+    first_conv = {t.names[0] for t in targets if in_proj.intersection(t.names)}
     records: list[TensorRecord] = []
     plan: list[tuple[torch.Tensor, torch.Tensor]] = []
     used: set[str] = set()
@@ -196,7 +186,7 @@ def plan_load(
         elif src.shape == tgt.shape:
             rec.status, rec.code, rec.reason, value = "loaded", ReasonCode.EXACT.value, "exact", src
         else:
-            rec.status, rec.code, rec.reason, value = _adapt(key, src, tgt, t.owner, key == first_conv, options)
+            rec.status, rec.code, rec.reason, value = _adapt(key, src, tgt, t.owner, key in first_conv, options)
         if value is not None:
             plan.append((tgt, value))
     if nonfinite:

@@ -1,14 +1,17 @@
 """Parameter groups of nnU-Net networks, derived by anchored name patterns and matched by identity.
 
-Default groups for the architectures nnU-Net ships (PlainConvUNet, ResidualEncoderUNet):
+The default patterns come from the network's architecture spec (:mod:`nnunet_transfer.core.architectures`; register
+a spec there to give your own family its groups). For the architectures nnU-Net ships (PlainConvUNet,
+ResidualEncoderUNet):
 
 * ``encoder.stem`` - the stem of residual encoders (absent in PlainConvUNet);
 * ``encoder.stage{i}`` - encoder stage ``i`` (0 = highest resolution);
 * ``decoder.stage{j}`` - decoder stage ``j`` with the transposed convolution that feeds it (0 = deepest);
 * ``heads`` - the segmentation heads (``decoder.seg_layers.*``).
 
-Primus: ``encoder.stem`` (patch embedding, position embedding), ``encoder.stage{i}`` (transformer block ``i``; the
-last one also holds the final norm), ``heads`` (the patch decoder). Any other architecture: one group ``all``.
+Primus: ``encoder.stem`` (patch embedding, position embedding, register tokens), ``encoder.stage{i}`` (transformer
+block ``i``; the last one also holds the final norm), ``heads`` (the patch decoder). Any other architecture: one
+group ``all``.
 
 Other architectures take explicit patterns: ``{"name": [regex, ...]}``, each regex matched against the whole
 parameter name (``re.fullmatch``). Every parameter must fall in exactly one group, and every group must hold one.
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from nnunet_transfer.core.architectures import architecture_for
+from nnunet_transfer.core.modules import unwrap_network
 from nnunet_transfer.errors import RecipeError
 
 __all__ = ["ParameterGroup", "default_group_patterns", "derive_groups", "select_groups"]
@@ -41,32 +46,9 @@ class ParameterGroup:
         return sum(p.numel() for p in self.params)
 
 
-def _indices(names: Sequence[str], prefix: str) -> list[int]:
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return sorted({int(m.group(1)) for n in names if (m := pat.match(n))})
-
-
 def default_group_patterns(network: nn.Module) -> dict[str, list[str]]:
-    """Group patterns for PlainConvUNet / ResidualEncoderUNet style names (see module docstring)."""
-    names = [n for n, _ in network.named_parameters()]
-    groups: dict[str, list[str]] = {}
-    if any(n.startswith("encoder.stem.") for n in names):
-        groups["encoder.stem"] = [r"encoder\.stem\..+"]
-    for i in _indices(names, "encoder.stages."):
-        groups[f"encoder.stage{i}"] = [rf"encoder\.stages\.{i}\..+"]
-    for j in sorted(set(_indices(names, "decoder.stages.")) | set(_indices(names, "decoder.transpconvs."))):
-        groups[f"decoder.stage{j}"] = [rf"decoder\.stages\.{j}\..+", rf"decoder\.transpconvs\.{j}\..+"]
-    if any(n.startswith("decoder.seg_layers.") for n in names):
-        groups["heads"] = [r"decoder\.seg_layers\..+"]
-    if not groups and any(n.startswith("eva.blocks.") for n in names):  # Primus: patch embedding, ViT, patch decoder
-        blocks = _indices(names, "eva.blocks.")
-        groups["encoder.stem"] = [r"down_projection\..+", r"eva\.(?!blocks\.|norm\.).+"]
-        for i in blocks:
-            groups[f"encoder.stage{i}"] = [rf"eva\.blocks\.{i}\..+"] + ([r"eva\.norm\..+"] if i == blocks[-1] else [])
-        groups["heads"] = [r"up_projection\..+"]
-    if not groups:  # an architecture we have no names for: one group (give patterns in the recipe to split it)
-        groups["all"] = [r".+"]
-    return groups
+    """Group patterns the network's architecture spec declares (see module docstring)."""
+    return architecture_for(network).group_patterns(unwrap_network(network))
 
 
 def derive_groups(network: nn.Module, patterns: Mapping[str, Sequence[str]] | None = None) -> list[ParameterGroup]:

@@ -1,0 +1,284 @@
+r"""Architectures declare themselves: parameter groups, segmentation heads, input projection, positional embedding.
+
+An :class:`ArchitectureSpec` says, for one family of networks, what the loader and the fine-tuning schedules need to
+know about it. :func:`architecture_for` finds the spec of a network (DDP / ``torch.compile`` wrappers are unwrapped
+first): the registered specs are asked in order, the first whose ``matches`` is true wins, and a generic fallback
+(one group ``all``, the first convolution guessed) takes any other network.
+
+Built in, in matching order: ``PlainConvUNet``, ``ResidualEncoderUNet`` (also ``ResidualUNet``), ``Primus`` (and
+its subclasses); each matches by class name anywhere in the network's class hierarchy, or by nnU-Net's module layout
+(``encoder.stages`` + ``decoder.seg_layers``; ``eva.blocks``). What dynamic_network_architectures networks declare
+is used before anything is guessed: ``keys_to_in_proj`` (the input projection), ``key_to_stem`` and
+``key_to_encoder`` (the stem and encoder groups), ``key_to_lpe`` (the learnable positional embedding).
+
+Register your own family once, before loading or training (e.g. at the top of your trainer module); no edit to
+this package is needed. ``first=True`` (the default) puts it before the built-in specs, so it can also take over a
+subclass of a built-in network:
+
+>>> from torch import nn
+>>> from nnunet_transfer.core.architectures import (
+...     ArchitectureSpec, architecture_for, class_named, register_architecture, unregister_architecture)
+>>> class TinySegNet(nn.Module):
+...     def __init__(self, in_channels: int = 1, num_classes: int = 2):
+...         super().__init__()
+...         self.enc = nn.Conv3d(in_channels, 4, 3, padding=1)
+...         self.head = nn.Conv3d(4, num_classes, 1)
+>>> spec = register_architecture(ArchitectureSpec(
+...     name="TinySegNet",
+...     matches=class_named("TinySegNet"),
+...     group_patterns=lambda net: {"encoder": [r"enc\..+"], "heads": [r"head\..+"]},
+...     head_pattern=r"head\.(?:weight|bias)",      # output channels mapped by label name
+...     input_projection=lambda net: ["enc"],        # adapted to another input-channel count
+... ))
+>>> architecture_for(TinySegNet()).name
+'TinySegNet'
+>>> architecture_for(TinySegNet()).group_patterns(TinySegNet())
+{'encoder': ['enc\\..+'], 'heads': ['head\\..+']}
+>>> unregister_architecture("TinySegNet").name
+'TinySegNet'
+>>> architecture_for(TinySegNet()).name
+'generic'
+
+A network of yours that declares ``keys_to_in_proj`` (like dynamic_network_architectures' networks do) needs no
+``input_projection``: the default reads the declaration.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+
+from nnunet_transfer.core.modules import module_aliases, unwrap_network
+from nnunet_transfer.errors import ArchitectureError
+
+__all__ = [
+    "GENERIC",
+    "NO_HEADS",
+    "PLAIN_CONV_UNET",
+    "PRIMUS",
+    "RESIDUAL_ENCODER_UNET",
+    "SEG_LAYERS_HEAD_PATTERN",
+    "ArchitectureSpec",
+    "architecture_for",
+    "class_named",
+    "declared_input_projection",
+    "declared_positional_embedding",
+    "list_architectures",
+    "register_architecture",
+    "unregister_architecture",
+]
+
+# nnU-Net's segmentation heads: decoder.seg_layers.<i>.weight / .bias (and their aliases)
+SEG_LAYERS_HEAD_PATTERN = r"(?:.*\.)?seg_layers\.\d+\.(?:weight|bias)"
+# a head pattern that matches no tensor: the family has no head the loader can map by label name
+NO_HEADS = r"(?!)"
+
+
+def declared_input_projection(network: nn.Module) -> list[str]:
+    """Module names (every alias) of the input projection: the declared ``keys_to_in_proj``, else a guess.
+
+    The guess is the first non-transposed convolution in registration order, as the loader always did.
+    """
+    declared = getattr(network, "keys_to_in_proj", None)
+    if isinstance(declared, str):
+        declared = (declared,)
+    if declared:
+        return module_aliases(network, declared)
+    first = next(
+        (n for n, m in network.named_modules() if isinstance(m, _ConvNd) and not isinstance(m, _ConvTransposeNd)),
+        None,
+    )
+    return [] if first is None else module_aliases(network, [first])
+
+
+def _tensor_at(network: nn.Module, name: str) -> torch.Tensor | None:
+    module_name, _, attr = name.rpartition(".")
+    try:
+        value = getattr(network.get_submodule(module_name), attr, None)
+    except AttributeError:
+        return None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def declared_positional_embedding(network: nn.Module) -> str | None:
+    """The declared ``key_to_lpe`` (learnable positional embedding) if the network holds that tensor, else None."""
+    name = getattr(network, "key_to_lpe", None)
+    return name if isinstance(name, str) and _tensor_at(network, name) is not None else None
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """What the loader and the schedules know about one family of networks. Register it with
+    :func:`register_architecture`; only ``name`` and ``matches`` are required."""
+
+    # a unique name (shown in reports, used to unregister)
+    name: str
+    # whether a network (already unwrapped from DDP / torch.compile) belongs to this family
+    matches: Callable[[nn.Module], bool]
+    # parameter groups in order: {group: [regex, ...]}, each regex fullmatched against parameter names; every
+    # parameter in exactly one group (see nnunet_transfer.core.schedules.groups.derive_groups)
+    group_patterns: Callable[[nn.Module], dict[str, list[str]]] = lambda network: {"all": [r".+"]}
+    # regex (fullmatch against every name of a tensor) naming segmentation-head tensors, whose output channels
+    # (dim 0) the loader copies by label name; a loader option head_pattern given by the caller wins
+    head_pattern: str = SEG_LAYERS_HEAD_PATTERN
+    # module names (every alias) of the convolution(s) that see the input image: adapted to another channel count
+    input_projection: Callable[[nn.Module], list[str]] = declared_input_projection
+    # name of the learnable positional embedding tensor, or None
+    positional_embedding: Callable[[nn.Module], str | None] = declared_positional_embedding
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ArchitectureError(f"ArchitectureSpec.name must be a non-empty string, got {self.name!r}")
+        for field in ("matches", "group_patterns", "input_projection", "positional_embedding"):
+            if not callable(getattr(self, field)):
+                raise ArchitectureError(f"ArchitectureSpec {self.name!r}: {field} must be a function of the network")
+        try:
+            re.compile(self.head_pattern)
+        except (re.error, TypeError) as e:
+            raise ArchitectureError(f"ArchitectureSpec {self.name!r}: head_pattern {self.head_pattern!r} is no "
+                                    f"valid regex ({e})") from None
+
+
+def class_named(*names: str) -> Callable[[nn.Module], bool]:
+    """A ``matches`` function: true if the network's class or any base class has one of these names."""
+    wanted = frozenset(names)
+    return lambda network: any(c.__name__ in wanted for c in type(network).__mro__)
+
+
+def _param_names(network: nn.Module) -> list[str]:
+    return [n for n, _ in network.named_parameters()]
+
+
+def _indices(names: Sequence[str], prefix: str) -> list[int]:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for n in names if (m := pat.match(n))})
+
+
+def _has_module(network: nn.Module, name: str) -> bool:
+    try:
+        network.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _declared(network: nn.Module, attr: str, default: str) -> str:
+    value = getattr(network, attr, None)
+    return value if isinstance(value, str) and value else default
+
+
+# --- nnU-Net's U-Nets -------------------------------------------------------------------------------------------
+
+
+def _unet_layout(network: nn.Module) -> bool:
+    return _has_module(network, "encoder.stages") and _has_module(network, "decoder.seg_layers")
+
+
+def _unet_groups(network: nn.Module) -> dict[str, list[str]]:
+    """encoder.stem (if outside the stages), encoder.stage{i}, decoder.stage{j} with its transposed conv, heads."""
+    names = _param_names(network)
+    enc = _declared(network, "key_to_encoder", "encoder.stages")
+    stem = _declared(network, "key_to_stem", "encoder.stem")
+    groups: dict[str, list[str]] = {}
+    # PlainConvUNet declares its stem inside stage 0 (encoder.stages.0): then stage 0 holds it
+    if stem != enc and not stem.startswith(enc + ".") and any(n.startswith(stem + ".") for n in names):
+        groups["encoder.stem"] = [rf"{re.escape(stem)}\..+"]
+    for i in _indices(names, enc + "."):
+        groups[f"encoder.stage{i}"] = [rf"{re.escape(enc)}\.{i}\..+"]
+    for j in sorted(set(_indices(names, "decoder.stages.")) | set(_indices(names, "decoder.transpconvs."))):
+        groups[f"decoder.stage{j}"] = [rf"decoder\.stages\.{j}\..+", rf"decoder\.transpconvs\.{j}\..+"]
+    if any(n.startswith("decoder.seg_layers.") for n in names):
+        groups["heads"] = [r"decoder\.seg_layers\..+"]
+    return groups
+
+
+def _plain_conv_unet(network: nn.Module) -> bool:
+    return class_named("PlainConvUNet")(network) or (
+        _unet_layout(network) and not _has_module(network, "encoder.stem")
+    )
+
+
+def _residual_encoder_unet(network: nn.Module) -> bool:
+    return class_named("ResidualEncoderUNet", "ResidualUNet")(network) or (
+        _unet_layout(network) and _has_module(network, "encoder.stem")
+    )
+
+
+PLAIN_CONV_UNET = ArchitectureSpec("PlainConvUNet", _plain_conv_unet, _unet_groups)
+RESIDUAL_ENCODER_UNET = ArchitectureSpec("ResidualEncoderUNet", _residual_encoder_unet, _unet_groups)
+
+
+# --- Primus (patch embedding, EVA ViT, patch decoder) -------------------------------------------------------------
+
+
+def _primus_groups(network: nn.Module) -> dict[str, list[str]]:
+    """encoder.stem (patch embedding, EVA's non-block parameters, register tokens), encoder.stage{i} (block i; the
+    last also holds the final norm), heads (the patch decoder)."""
+    names = _param_names(network)
+    encoder = _declared(network, "key_to_encoder", "eva")
+    enc, stem = re.escape(encoder), re.escape(_declared(network, "key_to_stem", "down_projection"))
+    blocks = _indices(names, encoder + ".blocks.")
+    groups = {"encoder.stem": [rf"{stem}\..+", rf"{enc}\.(?!blocks\.|norm\.).+", r"register_tokens"]}
+    for i in blocks:
+        groups[f"encoder.stage{i}"] = [rf"{enc}\.blocks\.{i}\..+"] + ([rf"{enc}\.norm\..+"] if i == blocks[-1] else [])
+    groups["heads"] = [r"up_projection\..+"]
+    return groups
+
+
+def _primus(network: nn.Module) -> bool:
+    return class_named("Primus")(network) or _has_module(network, "eva.blocks")
+
+
+def _primus_positional_embedding(network: nn.Module) -> str | None:
+    declared = declared_positional_embedding(network)
+    if declared is not None:
+        return declared
+    return "eva.pos_embed" if _tensor_at(network, "eva.pos_embed") is not None else None
+
+
+# The patch decoder ends in a transposed convolution (output channels on dim 1); the loader maps heads along dim 0,
+# so Primus declares no head tensors: its decoder loads when the shapes fit and is skipped with a reason otherwise.
+PRIMUS = ArchitectureSpec("Primus", _primus, _primus_groups, NO_HEADS,
+                          positional_embedding=_primus_positional_embedding)
+
+# Any other network: one group, the first convolution guessed (or keys_to_in_proj if declared), seg_layers heads.
+GENERIC = ArchitectureSpec("generic", lambda network: True)
+
+_REGISTRY: list[ArchitectureSpec] = [PLAIN_CONV_UNET, RESIDUAL_ENCODER_UNET, PRIMUS]
+
+
+def register_architecture(spec: ArchitectureSpec, *, first: bool = True) -> ArchitectureSpec:
+    """Add ``spec`` to the registry: before every other spec (``first=True``) or after them (but always before the
+    generic fallback). Returns ``spec``. A name already registered is an error (unregister it first)."""
+    if not isinstance(spec, ArchitectureSpec):
+        raise ArchitectureError(f"register_architecture takes an ArchitectureSpec, got {type(spec).__name__}")
+    if spec.name in list_architectures():
+        raise ArchitectureError(f"an architecture named {spec.name!r} is already registered; call "
+                                f"unregister_architecture({spec.name!r}) first or choose another name")
+    _REGISTRY.insert(0 if first else len(_REGISTRY), spec)
+    return spec
+
+
+def unregister_architecture(name: str) -> ArchitectureSpec:
+    """Remove the spec called ``name`` from the registry and return it (the generic fallback cannot be removed)."""
+    for i, spec in enumerate(_REGISTRY):
+        if spec.name == name:
+            return _REGISTRY.pop(i)
+    raise ArchitectureError(f"no removable architecture named {name!r}; registered: {list_architectures()}")
+
+
+def list_architectures() -> list[str]:
+    """Names of the registered specs in matching order, the generic fallback last."""
+    return [s.name for s in _REGISTRY] + [GENERIC.name]
+
+
+def architecture_for(network: nn.Module) -> ArchitectureSpec:
+    """The spec of ``network`` (unwrapped from DDP / DataParallel / torch.compile): the first registered spec that
+    matches it, else :data:`GENERIC`."""
+    mod = unwrap_network(network)
+    return next((s for s in _REGISTRY if s.matches(mod)), GENERIC)
