@@ -179,13 +179,20 @@ def make_dataset_json(labels: dict | None = None) -> dict:
             "numTraining": 2, "file_ending": ".nii.gz", "name": "Unit"}
 
 
-def trainer_folders(root: Path, plans: dict) -> dict[str, str]:
+def trainer_folders(root: Path, plans: dict, dataset_json: dict | None = None) -> dict[str, str]:
     """nnUNet_preprocessed / nnUNet_results under ``root`` for an in-process trainer (``nnunetv2.paths`` reads the
-    environment when a path is used, so set these with ``monkeypatch.setenv``). The preprocessed folder gets one empty
-    ``.b2nd`` file: ``nnUNetTrainer.initialize`` infers the dataset class from file endings only and reads no data."""
-    data = root / "preprocessed" / plans["dataset_name"] / plans["configurations"]["3d_fullres"]["data_identifier"]
+    environment when a path is used, so set these with ``monkeypatch.setenv``). The dataset's preprocessed folder gets
+    ``nnUNetPlans.json`` and ``dataset.json`` (for ``get_trainer_from_args``) and one empty ``.b2nd`` file:
+    ``nnUNetTrainer.initialize`` infers the dataset class from file endings only and reads no data."""
+    import json
+
+    base = root / "preprocessed" / plans["dataset_name"]
+    data = base / plans["configurations"]["3d_fullres"]["data_identifier"]
     data.mkdir(parents=True, exist_ok=True)
     (data / "case_000.b2nd").touch()
+    stored = {k: v for k, v in plans.items() if k != "continue_training"}
+    (base / f"{plans['plans_name']}.json").write_text(json.dumps(stored, indent=1))
+    (base / "dataset.json").write_text(json.dumps(dataset_json or make_dataset_json(), indent=1))
     (root / "results").mkdir(exist_ok=True)
     return {"nnUNet_preprocessed": str(root / "preprocessed"), "nnUNet_results": str(root / "results"),
             "nnUNet_compile": "false"}
