@@ -105,3 +105,94 @@ class Workspace:
     def train(self, dataset: int, trainer: str, *args: str, env: dict | None = None, check: bool = True):
         return run([bin_path("nnUNetv2_train"), str(dataset), "3d_fullres", *args, "-tr", trainer, "-device", "cpu"],
                    env or self.env, check=check)
+
+
+def make_plans(dataset_name: str = "Dataset990_Unit", features: Sequence[int] = (4, 8, 16),
+               norm_op: str = "torch.nn.modules.instancenorm.InstanceNorm3d") -> dict:
+    """A small, valid nnU-Net 2.8 plans dict (3d_fullres only): PlainConvUNet, 3 stages, patch 32^3, batch 2.
+
+    The layout is that of an ``nnUNetPlans.json`` written by nnU-Net's ExperimentPlanner; ``continue_training`` is
+    set as ``nnunetv2.run.run_training.get_trainer_from_args`` does before building a trainer.
+    """
+    n = len(features)
+    return {
+        "dataset_name": dataset_name,
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
+        "original_median_shape_after_transp": [32, 32, 32],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {
+            "3d_fullres": {
+                "data_identifier": "nnUNetPlans_3d_fullres",
+                "preprocessor_name": "DefaultPreprocessor",
+                "batch_size": 2,
+                "patch_size": [32, 32, 32],
+                "median_image_size_in_voxels": [32.0, 32.0, 32.0],
+                "spacing": [1.0, 1.0, 1.0],
+                "normalization_schemes": ["ZScoreNormalization"],
+                "use_mask_for_norm": [False],
+                "resampling_fn_data": "resample_data_or_seg_to_shape",
+                "resampling_fn_seg": "resample_data_or_seg_to_shape",
+                "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+                "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+                "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                       "force_separate_z": None},
+                "architecture": {
+                    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                    "arch_kwargs": {
+                        "n_stages": n,
+                        "features_per_stage": list(features),
+                        "conv_op": "torch.nn.modules.conv.Conv3d",
+                        "kernel_sizes": [[3, 3, 3]] * n,
+                        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+                        "n_conv_per_stage": [2] * n,
+                        "n_conv_per_stage_decoder": [2] * (n - 1),
+                        "conv_bias": True,
+                        "norm_op": norm_op,
+                        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                        "dropout_op": None,
+                        "dropout_op_kwargs": None,
+                        "nonlin": "torch.nn.LeakyReLU",
+                        "nonlin_kwargs": {"inplace": True},
+                    },
+                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+                },
+                "batch_dice": False,
+            }
+        },
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {"max": 290.0, "mean": 106.0, "median": 102.0, "min": -13.0, "percentile_00_5": 21.0,
+                  "percentile_99_5": 245.0, "std": 39.0}
+        },
+        "continue_training": False,
+    }
+
+
+def make_dataset_json(labels: dict | None = None) -> dict:
+    """A ``dataset.json`` for :func:`make_plans`: one MR channel, background + two labels unless told otherwise."""
+    return {"channel_names": {"0": "MR"}, "labels": labels or {"background": 0, "organ": 1, "lesion": 2},
+            "numTraining": 2, "file_ending": ".nii.gz", "name": "Unit"}
+
+
+def trainer_folders(root: Path, plans: dict, dataset_json: dict | None = None) -> dict[str, str]:
+    """nnUNet_preprocessed / nnUNet_results under ``root`` for an in-process trainer (``nnunetv2.paths`` reads the
+    environment when a path is used, so set these with ``monkeypatch.setenv``). The dataset's preprocessed folder gets
+    ``nnUNetPlans.json`` and ``dataset.json`` (for ``get_trainer_from_args``) and one empty ``.b2nd`` file:
+    ``nnUNetTrainer.initialize`` infers the dataset class from file endings only and reads no data."""
+    import json
+
+    base = root / "preprocessed" / plans["dataset_name"]
+    data = base / plans["configurations"]["3d_fullres"]["data_identifier"]
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "case_000.b2nd").touch()
+    stored = {k: v for k, v in plans.items() if k != "continue_training"}
+    (base / f"{plans['plans_name']}.json").write_text(json.dumps(stored, indent=1))
+    (base / "dataset.json").write_text(json.dumps(dataset_json or make_dataset_json(), indent=1))
+    (root / "results").mkdir(exist_ok=True)
+    return {"nnUNet_preprocessed": str(root / "preprocessed"), "nnUNet_results": str(root / "results"),
+            "nnUNet_compile": "false"}

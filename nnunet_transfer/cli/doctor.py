@@ -24,7 +24,8 @@ def _check(ok: bool, label: str, detail: str) -> bool:
 
 
 def run_doctor() -> int:
-    """Print one line per check; return 0 when the stock commands will find ``nnUNetTrainerAdaptiveFT``."""
+    """Print one line per check; return 0 only when every check passes (the stock commands will find
+    ``nnUNetTrainerAdaptiveFT`` and ``-pretrained_weights`` reaches it), 1 when any line says FAIL."""
     from nnunet_transfer._autoregister import ENV_VAR, TRAINER_FOLDER
 
     results = []
@@ -54,7 +55,8 @@ def run_doctor() -> int:
     results.append(_check(ours, f"{ENV_VAR} in this process", os.pathsep.join(entries) + hint))
     missing = [p for p in entries if not os.path.isdir(p)]
     if missing:
-        _check(False, f"{ENV_VAR} entries", f"not folders (nnU-Net skips them): {missing}")
+        results.append(_check(False, f"{ENV_VAR} entries", f"not folders (nnU-Net skips them): {missing}: remove "
+                                                          f"them from {ENV_VAR} or create the folders"))
 
     buf = io.StringIO()
     try:
@@ -66,6 +68,15 @@ def run_doctor() -> int:
                               f"nnU-Net resolves {TRAINER} to {cls.__module__}.{cls.__qualname__}"))
     except Exception as e:
         results.append(_check(False, "trainer lookup", f"nnU-Net cannot find {TRAINER}: {e}"))
+
+    try:
+        from nnunet_transfer.nnunet.pretrained_hook import PRETRAINED_SEAM, check_pretrained_seam
+
+        problems = check_pretrained_seam()
+        detail = "; ".join(problems) + ": use pretrained.checkpoint in the recipe instead" if problems else "in place"
+        results.append(_check(not problems, "-pretrained_weights seam", f"{PRETRAINED_SEAM}: {detail}"))
+    except Exception as e:
+        results.append(_check(False, "-pretrained_weights seam", f"cannot be checked: {e}"))
 
     train = shutil.which("nnUNetv2_train")
     if train is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,7 +40,8 @@ from nnunet_transfer.core.schedules.schedule import (
     rewrap_ddp,
 )
 from nnunet_transfer.errors import LoadGuardError, RecipeError, TrainingStateError
-from nnunet_transfer.nnunet.pretrained_hook import install_pretrained_hook
+from nnunet_transfer.nnunet.pretrained_hook import PRETRAINED_SEAM, install_pretrained_hook, seam_problems
+from nnunet_transfer.trainers import _cpu_ddp
 
 __all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "RECIPE_PLANS_KEY", "REPORT_FILE", "nnUNetTrainerAdaptiveFT"]
 
@@ -47,6 +49,12 @@ REPORT_FILE = "pretrained_load_report.json"
 RECIPE_FILE = "adaptive_ft_recipe.yaml"
 LR_TABLE_FILE = "lr_table.json"
 RECIPE_PLANS_KEY = "nnunet_transfer_recipe"
+
+
+def _pretrained_weights_flag() -> bool:
+    """True when this process is ``nnUNetv2_train ... -pretrained_weights CKPT``."""
+    return any(a == "-pretrained_weights" or a.startswith("-pretrained_weights=") for a in sys.argv[1:])
+
 
 class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
     """nnU-Net's trainer with adaptive pretrained loading; settings come from a validated recipe."""
@@ -58,15 +66,13 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         continue_training = bool(plans.get("continue_training", False))
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.is_ddp and device.type == "cpu":
-            # nnU-Net assumes CUDA under DDP; a CPU process group (gloo) trains on the CPU it asked for
-            self.device = device
-            self.grad_scaler = None
+        self._on_cpu_ddp = _cpu_ddp.applies(self, device)  # nnU-Net assumes CUDA under DDP: see trainers/_cpu_ddp.py
+        if self._on_cpu_ddp:
+            _cpu_ddp.use_cpu(self, device)
         self._continue_training = continue_training
         self.ft_recipe: Recipe = self._resolve_recipe(continue_training)
         self._apply_recipe(self.ft_recipe)
-        # the recipe in force travels with every checkpoint (init_args.plans) and the results' plans.json
-        self.my_init_kwargs["plans"][RECIPE_PLANS_KEY] = self.ft_recipe.model_dump(mode="json", exclude={"source"})
+        self._store_recipe()
         self.pretrained_report: LoadReport | None = None
         self._resumed = False
         self.param_groups: list[ParameterGroup] = []
@@ -98,6 +104,14 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             if value is not None:
                 setattr(self, attr, value)
 
+    def _store_recipe(self) -> None:
+        """Put the recipe in force where nnU-Net keeps the plans: ``plans_manager.plans`` (saved as the results'
+        ``plans.json`` by ``on_train_start``) and ``my_init_kwargs["plans"]`` (every checkpoint's ``init_args``).
+        They are one dict only until something (a variant, ``load_checkpoint``) replaces one of them."""
+        data = self.ft_recipe.model_dump(mode="json", exclude={"source"})
+        self.plans_manager.plans[RECIPE_PLANS_KEY] = data
+        self.my_init_kwargs["plans"][RECIPE_PLANS_KEY] = data
+
     def _write_recipe(self) -> None:
         if self.local_rank != 0:
             return
@@ -106,8 +120,11 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         path.write_text(yaml.safe_dump(data, sort_keys=False))
 
     # --- pretrained weights -----------------------------------------------------------------------------------
-    def load_pretrained_weights(self, checkpoint: str | os.PathLike) -> LoadReport:
-        """Load ``checkpoint`` adaptively into the (maybe compiled / DDP-wrapped) network; log and save the report."""
+    def load_pretrained_adaptive(self, checkpoint: str | os.PathLike) -> LoadReport:
+        """Load ``checkpoint`` adaptively into the (maybe compiled / DDP-wrapped) network; log and save the report.
+
+        ``-pretrained_weights`` reaches this through nnU-Net's module-level ``load_pretrained_weights`` (see
+        ``nnunet/pretrained_hook.py``); the name differs from nnU-Net's own trainer methods on purpose."""
         if not self.was_initialized:
             self.initialize()
         if not self._resumed and self.current_epoch == 0:
@@ -133,26 +150,19 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             report.write_json(Path(self.output_folder) / REPORT_FILE)
 
     def initialize(self) -> None:
-        """nnU-Net's initialize; on CPU under DDP (gloo) the wrapper is built without ``device_ids``, which DDP
-        rejects for CPU modules (nnU-Net passes ``[local_rank]``)."""
-        if not (self.is_ddp and self.device.type == "cpu"):
+        """nnU-Net's initialize; for CPU processes of a process group (gloo), see ``trainers/_cpu_ddp.py``."""
+        if self._on_cpu_ddp:
+            _cpu_ddp.initialize(self, super().initialize)
+        else:
             super().initialize()
-            return
-        self.is_ddp = False
-        try:
-            super().initialize()
-        finally:
-            self.is_ddp = True
-        self._set_batch_size_and_oversample()  # this rank's share of the batch (ran above as if not DDP)
-        self.network = torch.nn.parallel.DistributedDataParallel(self.network)
-        self.loss = self._build_loss()  # with the DDP-aware (all-gathered) batch dice
 
     # --- schedule -----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         """One optimizer param group per parameter group, all parameters from the start; our per-group scheduler."""
         recipe = self.ft_recipe
         self.param_groups = derive_groups(unwrap_network(self.network), recipe.groups)
-        self.schedule = resolve_schedule(recipe, [g.name for g in self.param_groups], self.num_epochs, self.initial_lr)
+        self.schedule = resolve_schedule(recipe, [g.name for g in self.param_groups], self.num_epochs, self.initial_lr,
+                                         self.weight_decay)
         # nnU-Net logs (and plots) param group 0 only: lead with a group that trains from the start at the full rate
         s = self.schedule
         lead = max((g for g in self.param_groups if s.unfreeze_epoch[g.name] == 0),
@@ -235,7 +245,8 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.print_to_log_file(f"nnunet-transfer recipe: {recipe.name} ({recipe.source}), the one this checkpoint "
                                f"was trained with, instead of {self.ft_recipe.name}", also_print_to_console=True)
         self.ft_recipe = recipe
-        self._apply_recipe(recipe)  # my_init_kwargs: nnU-Net's load_checkpoint takes the checkpoint's (recipe in it)
+        self._apply_recipe(recipe)
+        self._store_recipe()  # plans.json follows; my_init_kwargs becomes the checkpoint's (recipe in it) right after
         if self.was_initialized:  # the optimizer's param groups follow the recipe's parameter groups
             self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
@@ -280,11 +291,18 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         if not self._resumed and self.current_epoch == 0:  # a new training, not --c from a checkpoint
             self._refuse_finished_fold()
             if self.pretrained_report is None:
+                if _pretrained_weights_flag():
+                    raise TrainingStateError(
+                        f"-pretrained_weights was given but never reached {type(self).__name__}: nnU-Net did not call "
+                        f"its module-level load_pretrained_weights (the seam {PRETRAINED_SEAM}); problems found: "
+                        f"{'; '.join(seam_problems() or ['none detected'])}. Set pretrained.checkpoint in the recipe "
+                        "instead, or use an nnU-Net version this nnunet-transfer supports (nnunet-transfer doctor)")
                 checkpoint = self._pretrained_to_load()
                 if checkpoint:
-                    self.load_pretrained_weights(checkpoint)
+                    self.load_pretrained_adaptive(checkpoint)
             elif self.ft_recipe.pretrained.checkpoint:
                 self.print_to_log_file(f"recipe checkpoint {self.ft_recipe.pretrained.checkpoint} not loaded: "
                                        "-pretrained_weights was given")
+        self._store_recipe()  # nnU-Net saves plans_manager.plans as plans.json now; a variant may have replaced it
         super().on_train_start()
         self._write_recipe()

@@ -24,9 +24,10 @@ def _is_region(value: Any) -> bool:
 def head_channels(labels: Mapping[str, Any] | Sequence[str] | HeadChannels | None) -> HeadChannels | None:
     """Channel names as nnU-Net's ``LabelManager`` orders them.
 
-    Label maps (``{"background": 0, "liver": 1}``): one softmax channel per label value in ascending order, the
-    ``ignore`` label excluded. Region maps (some values are lists): one sigmoid channel per foreground region in
-    ``dataset.json`` order. A plain sequence of names is taken as given (softmax).
+    Label maps (``{"background": 0, "liver": 1}``): one softmax channel per distinct label value in ascending order
+    (named by the first label with that value), the ``ignore`` label excluded. Region maps (some values are lists):
+    one sigmoid channel per foreground region in ``dataset.json`` order. A plain sequence of names is taken as given
+    (softmax). ``tests/unit/test_heads_contract.py`` checks this against nnU-Net's LabelManager.
     """
     if labels is None or isinstance(labels, HeadChannels):
         return labels
@@ -40,6 +41,8 @@ def head_channels(labels: Mapping[str, Any] | Sequence[str] | HeadChannels | Non
                 return values == {0}
 
             return HeadChannels(tuple(k for k, v in items if not is_background(v)), True)
-        ordered = sorted(items, key=lambda kv: int(kv[1][0] if isinstance(kv[1], list | tuple) else kv[1]))
-        return HeadChannels(tuple(k for k, _ in ordered), False)
+        by_value: dict[int, str] = {}  # LabelManager: one channel per distinct value; the first name keeps it
+        for k, v in items:
+            by_value.setdefault(int(v[0] if isinstance(v, list | tuple) else v), k)
+        return HeadChannels(tuple(by_value[value] for value in sorted(by_value)), False)
     return HeadChannels(tuple(str(n) for n in labels), False)

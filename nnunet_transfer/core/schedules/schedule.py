@@ -11,7 +11,9 @@ Everything is a pure function of the epoch, so a resumed run (``--c``) follows e
 
 from __future__ import annotations
 
+import inspect
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from nnunet_transfer.core.schedules.groups import ParameterGroup, select_groups
-from nnunet_transfer.errors import RecipeError
+from nnunet_transfer.errors import RecipeError, TrainingStateError
 
 __all__ = [
     "PerGroupLRScheduler",
@@ -80,8 +82,12 @@ def _deepest_first(names: list[str]) -> list[str]:
     return sorted(names, key=depth, reverse=True)
 
 
-def resolve_schedule(recipe: Any, group_names: Sequence[str], num_epochs: int, base_lr: float) -> Schedule:
-    """Resolve a recipe's phases, progressive unfreezing, multipliers and weight decays for these groups."""
+def resolve_schedule(recipe: Any, group_names: Sequence[str], num_epochs: int, base_lr: float,
+                     weight_decay: float | None = None) -> Schedule:
+    """Resolve a recipe's phases, progressive unfreezing, multipliers and weight decays for these groups.
+
+    ``weight_decay`` is every group's default (the trainer passes its ``self.weight_decay``); without it the recipe's
+    ``weight_decay``, else nnU-Net's 3e-5. The recipe's ``group_weight_decay`` overrides it per group."""
     groups = list(group_names)
     unfreeze: dict[str, int | None] = dict.fromkeys(groups)
     phases = [(p.start_epoch, p.unfreeze, f"phases[{i}].unfreeze") for i, p in enumerate(recipe.phases)]
@@ -106,7 +112,10 @@ def resolve_schedule(recipe: Any, group_names: Sequence[str], num_epochs: int, b
     for sel, m in recipe.lr_multipliers.items():
         for g in select_groups([sel], groups, "lr_multipliers"):
             multiplier[g] = float(m)
-    default_wd = recipe.weight_decay if recipe.weight_decay is not None else 3e-5
+    if weight_decay is not None:
+        default_wd = weight_decay
+    else:
+        default_wd = recipe.weight_decay if recipe.weight_decay is not None else 3e-5
     weight_decay = dict.fromkeys(groups, float(default_wd))
     for sel, wd in recipe.group_weight_decay.items():
         for g in select_groups([sel], groups, "group_weight_decay"):
@@ -133,20 +142,47 @@ def build_optimizer(
 
 
 class PerGroupLRScheduler(torch.optim.lr_scheduler.LRScheduler):
-    """Sets every named param group's rate from the schedule; ``step(epoch)`` as nnU-Net's PolyLRScheduler."""
+    """Sets every named param group's rate from the schedule; ``step(epoch)`` as nnU-Net's PolyLRScheduler.
+
+    ``step()`` without an epoch counts up from 0 (``ctr``), ``step(epoch)`` jumps to that epoch (nnU-Net calls
+    ``step(self.current_epoch)`` at every epoch start). ``state_dict()`` holds plain numbers only (the schedule is
+    rebuilt from the recipe, never pickled), so it loads with ``torch.load(weights_only=True)``.
+    """
+
+    _STATE_KEYS = ("ctr", "last_epoch", "_step_count", "base_lrs", "_last_lr")
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, current_step: int | None = None):
+        unnamed = [i for i, pg in enumerate(optimizer.param_groups) if pg.get("name") not in schedule.multiplier]
+        if unnamed:
+            raise RecipeError(f"optimizer param groups {unnamed}: no 'name' of the schedule's groups "
+                              f"{list(schedule.groups)}; build the optimizer with build_optimizer")
         self.schedule = schedule
         self.ctr = 0
         super().__init__(optimizer, current_step if current_step is not None else -1)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        """Each param group's rate at the current epoch (``last_epoch``), in param group order."""
+        epoch = max(self.last_epoch, 0)
+        return [self.schedule.lr(pg["name"], epoch) for pg in self.optimizer.param_groups]
 
     def step(self, current_step: int | None = None) -> None:  # type: ignore[override]
         if current_step is None or current_step == -1:
             current_step = self.ctr
             self.ctr += 1
-        for pg in self.optimizer.param_groups:
-            pg["lr"] = self.schedule.lr(pg["name"], current_step)
+        self.last_epoch = current_step
+        for pg, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            pg["lr"] = lr
         self._last_lr = [pg["lr"] for pg in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters and rates (plain numbers); not the optimizer, not the schedule."""
+        return {k: getattr(self, k) for k in self._STATE_KEYS if hasattr(self, k)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the counters; other keys (a ``schedule`` pickled by older versions) are ignored."""
+        for k in self._STATE_KEYS:
+            if k in state_dict:
+                setattr(self, k, state_dict[k])
 
 
 def apply_freeze(groups: Sequence[ParameterGroup], trainable: Sequence[str]) -> bool:
@@ -180,8 +216,61 @@ def freeze_norms(network: nn.Module, groups: Sequence[ParameterGroup], trainable
     return count
 
 
+def _ddp_settings(ddp: nn.parallel.DistributedDataParallel) -> dict[str, Any]:
+    """The constructor arguments a DDP instance was built with, as far as it keeps them (see :func:`rewrap_ddp`)."""
+    if getattr(ddp, "mixed_precision", None) is not None:
+        raise TrainingStateError("DistributedDataParallel(mixed_precision=...) cannot be rebuilt for a new trainable "
+                                 "set (its hooks would be registered on the module twice): freeze by phases without "
+                                 "DDP mixed precision, or use autocast instead")
+    if getattr(ddp, "_delay_all_reduce_params", None):
+        raise TrainingStateError("DistributedDataParallel(delay_all_reduce_named_params=...) cannot be rebuilt for a "
+                                 "new trainable set (DDP does not keep the names): do not combine it with freezing")
+    kw: dict[str, Any] = {
+        "device_ids": ddp.device_ids,
+        "output_device": ddp.output_device,
+        "dim": ddp.dim,
+        "find_unused_parameters": ddp.find_unused_parameters,
+        "gradient_as_bucket_view": ddp.gradient_as_bucket_view,
+        "static_graph": ddp.static_graph,
+    }
+    if getattr(ddp, "device_mesh", None) is not None:
+        kw["device_mesh"] = ddp.device_mesh
+    else:
+        kw["process_group"] = ddp.process_group
+    for name in ("skip_all_reduce_unused_params", "batched_grad_copy"):
+        if hasattr(ddp, name):
+            kw[name] = getattr(ddp, name)
+    # buffers: torch < 2.14 keeps ``broadcast_buffers``; later versions ``forward_sync_buffers`` (and map
+    # broadcast_buffers=False to it). False is passed as broadcast_buffers=False, which also keeps them rank-local at
+    # construction, as the user's broadcast_buffers=False did.
+    sync = getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", True))
+    kw["broadcast_buffers"] = bool(sync)
+    caps = list(getattr(ddp, "bucket_bytes_cap_list", None) or [])
+    if caps:
+        kw["bucket_cap_mb_list"] = [c / 2**20 for c in caps]
+    elif not getattr(ddp, "bucket_bytes_cap_default", True):
+        kw["bucket_cap_mb"] = ddp.bucket_bytes_cap / 2**20
+    accepted = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {k: v for k, v in kw.items() if k in accepted}
+
+
 def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
     """A new DDP wrapper around the same module (same parameters, same optimizer references), registering exactly
     the parameters that require gradients now. DDP decides at construction which parameters it synchronises, so this
-    is needed whenever the trainable set changes; parameters are broadcast from rank 0 again on construction."""
-    return nn.parallel.DistributedDataParallel(ddp.module, device_ids=ddp.device_ids)
+    is needed whenever the trainable set changes; parameters are broadcast from rank 0 again on construction.
+
+    The wrapper keeps the settings of ``ddp``: device_ids, output_device, dim, process_group (or device_mesh),
+    broadcast_buffers, bucket_cap_mb (or bucket_cap_mb_list), find_unused_parameters, gradient_as_bucket_view,
+    static_graph, skip_all_reduce_unused_params, batched_grad_copy, and the communication hooks registered with
+    ``register_comm_hook`` (with their state objects). Not carried: ``init_sync`` (always True: the rebuild
+    re-broadcasts from rank 0), ``check_reduction`` (deprecated, no effect), ``no_sync()`` contexts in progress.
+    ``mixed_precision`` and ``delay_all_reduce_named_params`` cannot be rebuilt and raise
+    :class:`~nnunet_transfer.errors.TrainingStateError`.
+    """
+    kwargs = _ddp_settings(ddp)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        new = nn.parallel.DistributedDataParallel(ddp.module, **kwargs)
+    for hook, state in getattr(ddp, "_comm_hooks", []):
+        new.register_comm_hook(state, hook)
+    return new
