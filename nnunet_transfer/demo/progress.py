@@ -103,18 +103,22 @@ class StepProgress:
         log: the file the full output goes to (named in every line, so a user knows where to look).
         total_epochs: the training's epoch budget, for ``epoch 2/3`` (None: ``epoch 2``).
         label_names: names of the pseudo Dice entries, in nnU-Net's order (foreground labels or regions).
-        heartbeat: seconds without a printed line after which :meth:`tick` reports that the step still runs.
+        heartbeat: seconds without a printed line after which :meth:`tick` reports that the step still runs; the
+            interval doubles with each heartbeat in a row, up to four times this (15, 30, 60, 60... s).
+        budget: what the step will do, shown at its start (``3 epochs x 25 iterations``).
         clock: a monotonic clock in seconds (tests pass their own).
     """
 
     def __init__(self, step: str, log: str | Path, total_epochs: int | None = None,
-                 label_names: Sequence[str] | None = None, heartbeat: float = 15.0,
+                 label_names: Sequence[str] | None = None, heartbeat: float = 15.0, budget: str | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.step = step
         self.log = str(log)
         self.total_epochs = total_epochs
         self.label_names = list(label_names) if label_names else None
         self.heartbeat = heartbeat
+        self.budget = budget
+        self._beats = 0  # heartbeats since the last other line
         self.clock = clock
         self.epochs: list[EpochStats] = []
         self.validation_dice: float | None = None
@@ -124,8 +128,9 @@ class StepProgress:
         self._last_output: str | None = None
 
     # --- output ---------------------------------------------------------------------------------------------
-    def _emit(self, text: str) -> list[str]:
+    def _emit(self, text: str, beat: bool = False) -> list[str]:
         self._last_print = self.clock()
+        self._beats = self._beats + 1 if beat else 0
         return [f"  [{self.step}] {text}  elapsed {format_elapsed(self._last_print - self._start)}  (log: {self.log})"]
 
     def _epoch_name(self, epoch: int) -> str:
@@ -153,7 +158,8 @@ class StepProgress:
         """Lines to print when the step starts: the command and where its output goes."""
         self._start = self._last_print = self.clock()
         shown = " ".join([Path(command[0]).name, *command[1:]]) if command else ""
-        return [f"[{self.step}] {shown}", f"  [{self.step}] nnU-Net's output goes to {self.log}"]
+        budget = f"{self.budget}; " if self.budget else ""
+        return [f"[{self.step}] {shown}", f"  [{self.step}] {budget}nnU-Net's output goes to {self.log}"]
 
     def feed(self, line: str) -> list[str]:
         """Take one output line; returns the lines to print (often none)."""
@@ -183,8 +189,8 @@ class StepProgress:
         return []
 
     def tick(self) -> list[str]:
-        """A heartbeat line when nothing was printed for ``heartbeat`` seconds, else nothing."""
-        if self.clock() - self._last_print < self.heartbeat:
+        """A heartbeat line when nothing was printed for a while (see ``heartbeat``), else nothing."""
+        if self.clock() - self._last_print < self.heartbeat * 2 ** min(self._beats, 2):
             return []
         if self._phase:
             status = self._phase
@@ -193,7 +199,7 @@ class StepProgress:
             status = f"running (last output: {last})"
         else:
             status = "running"
-        return self._emit(status)
+        return self._emit(status, beat=True)
 
     def done(self) -> list[str]:
         """The line to print when the command succeeded."""

@@ -42,6 +42,7 @@ SOURCE_LABELS = {"background": 0, "organ": 1, "lesion": 2}
 TARGET_LABELS = {"background": 0, "edema": 1, "lesion": 2}
 RECIPE = "quick"
 TRAINER = "nnUNetTrainerAdaptiveFT"
+NNUNET_ITERATIONS = 250  # nnUNetTrainer.num_iterations_per_epoch (nnUNetTrainer_1epoch keeps it)
 _EOF = b""
 
 
@@ -154,20 +155,22 @@ def run_demo(workdir: Path, force: bool = False, baseline: bool = False) -> int:
               "-npfp", "2", "-np", "2"], env, log, StepProgress("preprocess", log))
     run_step([_bin("nnUNetv2_train"), str(SOURCE), "3d_fullres", "0", "-tr", "nnUNetTrainer_1epoch",
               "-device", device], env, log,
-             StepProgress("pretrain", log, total_epochs=1, label_names=foreground_names(SOURCE_LABELS)))
+             StepProgress("pretrain", log, total_epochs=1, label_names=foreground_names(SOURCE_LABELS),
+                          budget=f"1 epoch x {NNUNET_ITERATIONS} iterations"))
     checkpoint = (workdir / "results" / f"Dataset{SOURCE}_DemoSource" / "nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres"
                   / "fold_0" / "checkpoint_final.pth")
     env[RECIPE_ENV_VAR] = RECIPE
     target_names = foreground_names(TARGET_LABELS)
     run_step([_bin("nnUNetv2_train"), str(TARGET), "3d_fullres", "0", "-tr", TRAINER,
               "-pretrained_weights", str(checkpoint), "-device", device], env, log,
-             StepProgress("fine-tune", log, total_epochs=recipe.num_epochs, label_names=target_names))
+             StepProgress("fine-tune", log, total_epochs=recipe.num_epochs, label_names=target_names, budget=budget))
     if baseline:
         scratch_env = {**env, "nnUNet_results": str(workdir / "results_scratch"),
                        RECIPE_ENV_VAR: str(_scratch_recipe(recipe, workdir / f"{RECIPE}_from_scratch.yaml"))}
         run_step([_bin("nnUNetv2_train"), str(TARGET), "3d_fullres", "0", "-tr", TRAINER, "-device", device],
                  scratch_env, log,
-                 StepProgress("scratch", log, total_epochs=recipe.num_epochs, label_names=target_names))
+                 StepProgress("scratch", log, total_epochs=recipe.num_epochs, label_names=target_names,
+                              budget=f"{budget}, no pretrained weights"))
 
     fold = _fold(workdir / "results")
     report = json.loads((fold / "pretrained_load_report.json").read_text())

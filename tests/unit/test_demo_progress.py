@@ -114,7 +114,7 @@ def test_begin_names_the_command_and_the_log_then_done_the_time():
     assert p.done() == ["  [preprocess] done in 1:02:03"]
 
 
-def test_heartbeat_at_most_every_15_seconds_with_the_latest_message():
+def test_heartbeat_after_15_seconds_of_silence_with_the_latest_message():
     clock = Clock()
     p = StepProgress("preprocess", LOG, clock=clock)
     p.begin(["nnUNetv2_plan_and_preprocess"])
@@ -128,13 +128,31 @@ def test_heartbeat_at_most_every_15_seconds_with_the_latest_message():
                  "6/6 [00:30<00:00,  5.00s/it]\n",
                  "{'data_identifier': 'nnUNetPlans_3d_fullres', 'batch_size': 2}\n", "  warnings.warn(\n"]:
         assert p.feed(line) == []
-    clock.now += 15
+    clock.now += 30
     assert p.tick() == ["  [preprocess] running (last output: Preprocessing cases: 100% 6/6 [00:30<00:00,  "
-                        "5.00s/it])  elapsed 0:30  (log: /w/demo.log)"]
+                        "5.00s/it])  elapsed 0:45  (log: /w/demo.log)"]
     p.feed("Preprocessing dataset Dataset991_DemoTarget with a name long enough to be cut short here, really\n")
-    clock.now += 20
+    clock.now += 60
     assert p.tick() == ["  [preprocess] running (last output: Preprocessing dataset Dataset991_DemoTarget with a "
-                        "name l...)  elapsed 0:50  (log: /w/demo.log)"]
+                        "name l...)  elapsed 1:45  (log: /w/demo.log)"]
+
+
+def test_heartbeats_in_a_row_slow_down_to_one_a_minute_until_something_happens():
+    clock = Clock()
+    p = StepProgress("pretrain", LOG, total_epochs=1, clock=clock, budget="1 epoch x 250 iterations")
+    assert p.begin(["nnUNetv2_train"])[1] == "  [pretrain] 1 epoch x 250 iterations; nnU-Net's output goes to /w/demo.log"
+    p.feed("2026-11-24 12:22:28.262980: Epoch 0\n")
+    beats = []
+    for _ in range(400):
+        clock.now += 1
+        beats += [clock.now - 100 for _ in p.tick()]
+    assert beats == [15, 45, 105, 165, 225, 285, 345]
+    assert p.feed("2026-11-24 12:22:28.896839: Epoch time: 380 s\n") == [  # a progress line: every 15 s again
+        "  [pretrain] epoch 1/1  380 s/epoch  elapsed 6:40  (log: /w/demo.log)"]
+    clock.now += 14
+    assert p.tick() == []
+    clock.now += 1
+    assert p.tick() == ["  [pretrain] running  elapsed 6:55  (log: /w/demo.log)"]
 
 
 def test_heartbeat_during_training_says_which_epoch_then_validation():
