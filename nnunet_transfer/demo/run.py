@@ -82,12 +82,12 @@ def run_step(cmd: Sequence[str], env: dict[str, str], log: Path, progress: StepP
                     raw = None
                 if raw == _EOF:
                     break
+                out: list[str] = []
                 if raw is not None:
                     f.write(raw)
                     f.flush()
                     out = progress.feed(raw.decode(errors="replace"))
-                else:
-                    out = progress.tick()
+                out += progress.tick()  # also while lines stream in that show no progress (warnings...)
                 for line in out:
                     print(line, flush=True)
                 if proc.poll() is not None:

@@ -217,6 +217,15 @@ def test_run_step_failure_names_exit_code_log_and_tail(tmp_path, capsys):
     assert "done in" not in capsys.readouterr().out
 
 
+def test_run_step_heartbeat_also_while_unparsed_lines_stream_in(tmp_path, capsys):
+    log = tmp_path / "demo.log"
+    script = "import time\nfor i in range(40):\n    print(f'Noise {i}')\n    time.sleep(0.02)"
+    run_step([sys.executable, "-c", script], {}, log, StepProgress("preprocess", log, heartbeat=0.2), poll=5)
+    beats = [line for line in capsys.readouterr().out.splitlines() if "running (last output: Noise" in line]
+    assert beats  # the queue never ran empty for ``poll`` seconds: the heartbeat comes from the lines themselves
+    assert "Noise 39\n" in log.read_text()
+
+
 def test_run_step_returns_when_a_leftover_process_keeps_the_pipe_open(tmp_path, capsys):
     """nnU-Net's data-loader workers inherit the output pipe: once the command exited, wait ``drain`` s, no more."""
     log = tmp_path / "demo.log"
