@@ -168,10 +168,11 @@ def test_a_campaign_in_one_process_keeps_each_transfer_in_its_own_root(plans_ws,
     before = dict(os.environ)
     raw, name = plans_ws.root / "raw", "Dataset914_DryT"
     source = read_source_plans(plans_ws.source_plans)
-    dry = transfer_plans(source, DRY, "Campaign", raw=raw, preprocessed=tmp_path / "A", dry_run=True, num_processes=1)
+    kwargs = {"configurations": ["3d_fullres"], "num_processes": 1}
+    dry = transfer_plans(source, DRY, "Campaign", raw=raw, preprocessed=tmp_path / "A", dry_run=True, **kwargs)
     assert not (tmp_path / "A").exists() and dry.target_folder == tmp_path / "A" / name
     for root in ("A", "B"):
-        transfer = transfer_plans(source, DRY, "Campaign", raw=raw, preprocessed=tmp_path / root, num_processes=1)
+        transfer = transfer_plans(source, DRY, "Campaign", raw=raw, preprocessed=tmp_path / root, **kwargs)
         assert transfer.plans == dry.plans
         write_plans(transfer)
         preprocess_transfer(transfer, 1)

@@ -159,3 +159,16 @@ def test_nnunet_paths_swaps_nnunets_globals_and_restores_them(data, tmp_path, mo
         assert m.nnUNet_preprocessed is original["nnUNet_preprocessed"]
     assert all(getattr(paths, v) is original[v] for v in VARS)
     assert str(paths.nnUNet_preprocessed) == str(data / "decoy")  # nnU-Net reads the environment again
+
+
+def test_write_and_preprocess_default_to_the_transfers_roots(data, env, tmp_path):
+    from nnunet_transfer.errors import PlansError
+    from nnunet_transfer.nnunet.plans import preprocess_transfer, write_plans
+
+    transfer = transfer_plans(_source(), 951, "Elsewhere", raw=data / "raw", preprocessed=data / "preA", dry_run=True)
+    with pytest.raises(PlansError, match=r"preA/Dataset951_Tgt/Elsewhere\.json: plans not written yet; call write_plans"):
+        preprocess_transfer(transfer, 1)
+    assert write_plans(transfer, preprocessed=tmp_path) == tmp_path / TARGET / "Elsewhere.json"
+    assert not transfer.plans_file.exists() and _listing(data / "decoy") == []
+    with pytest.raises(PlansError, match=r"Elsewhere\.json: exists already; pass --overwrite"):
+        write_plans(transfer, preprocessed=tmp_path)

@@ -141,8 +141,9 @@ def transfer_plans(
 
     ``raw`` / ``preprocessed``: nnU-Net's data roots of the target (default: ``$nnUNet_raw`` /
     ``$nnUNet_preprocessed``, read now; the environment is never changed). ``trainer``: the trainer whose network
-    must build for the target (default nnU-Net's ``nnUNetTrainer``). Writes nothing but, when it is missing and
-    ``dry_run`` is False, the target's fingerprint (nnU-Net's ``dataset_fingerprint.json``).
+    must build for the target (default nnU-Net's ``nnUNetTrainer``). Writes nothing but, when ``dry_run`` is False,
+    the target's fingerprint (nnU-Net's ``dataset_fingerprint.json``) if missing and, as nnU-Net's planner does, a
+    ``splits_final.json`` found beside the raw data.
     """
     if not identifier or "/" in identifier or identifier.endswith(".json"):
         raise PlansError(f"plans identifier {identifier!r}: give a bare name such as nnUNetPlans_transfer")
