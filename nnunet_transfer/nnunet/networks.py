@@ -1,22 +1,74 @@
-"""Networks as nnU-Net builds them for a dataset's plans."""
+"""Networks as an nnU-Net trainer builds them for a dataset's plans: through the trainer class's own
+``build_network_architecture``, so that a trainer variant with its own architecture (``nnUNetTrainerBN``, a user's
+trainer) is checked against the network it will really train."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
+import os
 from typing import Any
 
 from torch import nn
 
-from nnunet_transfer.errors import PlansError
+from nnunet_transfer.errors import PlansError, TransferError
 
-__all__ = ["build_network"]
+__all__ = ["build_network", "find_trainer_class"]
 
 
-def build_network(plans: dict[str, Any], configuration: str, dataset_json: dict[str, Any]) -> nn.Module:
-    """Build (on CPU, with deep supervision) the network nnU-Net's default trainer builds for these plans."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+def find_trainer_class(trainer: str | type | None = None) -> type:
+    """The trainer class: nnU-Net's ``nnUNetTrainer`` for None, a class as given, a name resolved as
+    ``nnUNetv2_train -tr NAME`` resolves it (nnU-Net's trainers, then the ``nnUNet_extTrainer`` folders)."""
+    if trainer is None:
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+        return nnUNetTrainer
+    if isinstance(trainer, type):
+        if not callable(getattr(trainer, "build_network_architecture", None)):
+            raise PlansError(f"trainer {trainer.__qualname__}: has no build_network_architecture; give an nnU-Net "
+                             "trainer class (a subclass of nnUNetTrainer)")
+        return trainer
+    if not isinstance(trainer, str) or not trainer:
+        raise PlansError(f"trainer {trainer!r}: give a trainer class name such as nnUNetTrainer")
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints every folder it searches
+            return recursive_find_trainer_class_by_name(trainer)
+    except RuntimeError:
+        raise PlansError(f"trainer {trainer!r}: not found among nnU-Net's trainers (nnunetv2.training.nnUNetTrainer) "
+                         f"nor in the folders of nnUNet_extTrainer ({os.environ.get('nnUNet_extTrainer') or 'unset'}); "
+                         "check the name, or put the folder of its module on nnUNet_extTrainer") from None
+    except AssertionError:
+        raise PlansError(f"trainer {trainer!r}: found, but not a subclass of nnUNetTrainer") from None
+    except ImportError as e:
+        raise PlansError(f"trainer {trainer!r}: a module on nnU-Net's trainer search path fails to import: "
+                         f"{type(e).__name__}: {e}") from None
+
+
+def _trainer_name(trainer: str | type | None) -> str:
+    return "nnUNetTrainer" if trainer is None else trainer if isinstance(trainer, str) else trainer.__qualname__
+
+
+def build_network(
+    plans: dict[str, Any],
+    configuration: str,
+    dataset_json: dict[str, Any],
+    trainer: str | type | None = None,
+) -> nn.Module:
+    """Build (with deep supervision, on the current default device) the network ``trainer`` builds for these plans.
+
+    Calls ``trainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+    num_output_channels, enable_deep_supervision)`` as nnU-Net's trainer does (a trainer with the pre-2.7 signature
+    gets the architecture arguments, as nnU-Net still allows). ``trainer``: None for nnU-Net's ``nnUNetTrainer``, a
+    trainer class, or its name (see :func:`find_trainer_class`). Errors are PlansError naming trainer and
+    configuration.
+    """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    cls = find_trainer_class(trainer)
     pm = PlansManager(plans)
     available = sorted(plans.get("configurations", {}))
     if configuration not in available:
@@ -24,12 +76,14 @@ def build_network(plans: dict[str, Any], configuration: str, dataset_json: dict[
     cm = pm.get_configuration(configuration)
     num_inputs = determine_num_input_channels(pm, cm, dataset_json)
     heads = pm.get_label_manager(dataset_json).num_segmentation_heads
-    return get_network_from_plans(
-        cm.network_arch_class_name,
-        cm.network_arch_init_kwargs,
-        cm.network_arch_init_kwargs_req_import,
-        num_inputs,
-        heads,
-        allow_init=True,
-        deep_supervision=True,
-    )
+    build = cls.build_network_architecture
+    try:
+        if "plans_manager" in inspect.signature(build).parameters:
+            return build(pm, cm, num_inputs, heads, True)
+        return build(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                     num_inputs, heads, True)
+    except TransferError:
+        raise
+    except Exception as e:
+        raise PlansError(f"trainer {_trainer_name(trainer)}: build_network_architecture fails for configuration "
+                         f"{configuration!r} of plans {pm.plans_name!r}: {type(e).__name__}: {e}") from None

@@ -147,3 +147,41 @@ def test_existing_plans_are_never_overwritten_without_the_flag(plans_ws, tmp_pat
     assert proc.returncode == 2 and "exist already" in proc.stderr and "--overwrite" in proc.stderr
     assert (target / "Mine.json").read_text() == '{"mine": true}'
     shutil.rmtree(target)
+
+
+def test_a_campaign_in_one_process_keeps_each_transfer_in_its_own_root(plans_ws, tmp_path, monkeypatch):
+    """Through the Python API, with nnU-Net's real fingerprint extraction and preprocessing: a dry run, then two
+    transfers into two preprocessed roots; the environment (pointing at a decoy) is never changed or used."""
+    import os
+
+    from nnunet_transfer.nnunet.plans import (
+        check_transfer,
+        preprocess_transfer,
+        read_source_plans,
+        transfer_plans,
+        write_plans,
+    )
+
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "decoy_raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "decoy"))
+    (tmp_path / "decoy").mkdir()
+    before = dict(os.environ)
+    raw, name = plans_ws.root / "raw", "Dataset914_DryT"
+    source = read_source_plans(plans_ws.source_plans)
+    kwargs = {"configurations": ["3d_fullres"], "num_processes": 1}
+    dry = transfer_plans(source, DRY, "Campaign", raw=raw, preprocessed=tmp_path / "A", dry_run=True, **kwargs)
+    assert not (tmp_path / "A").exists() and dry.target_folder == tmp_path / "A" / name
+    for root in ("A", "B"):
+        transfer = transfer_plans(source, DRY, "Campaign", raw=raw, preprocessed=tmp_path / root, **kwargs)
+        assert transfer.plans == dry.plans
+        write_plans(transfer)
+        preprocess_transfer(transfer, 1)
+        assert [r.passed for _, r in check_transfer(transfer)] == [True]
+    for root in ("A", "B"):
+        folder = tmp_path / root / name
+        assert (folder / "dataset_fingerprint.json").is_file() and (folder / "Campaign.json").is_file()
+        assert len(list((folder / "Campaign_3d_fullres").glob("*.b2nd"))) == 6  # 3 cases: data and seg
+        assert len(list((folder / "gt_segmentations").iterdir())) == 3
+    assert list((tmp_path / "decoy").iterdir()) == [] and not (plans_ws.root / "preprocessed" / name).exists()
+    after = dict(os.environ)
+    assert {k: after.get(k) for k in before} == before
