@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
     target = find_target_dataset(args.dataset, args.plans)
     source = read_checkpoint(checkpoint, container=options.container, allow_globals=options.allow_globals,
                              trust_checkpoint=options.trust_checkpoint)
-    # build_network takes ``trainer`` in newer releases: passed only when asked for, so older ones keep working
-    extra = {"trainer": args.trainer} if args.trainer else {}
-    network = build_network(target.plans, args.configuration, target.dataset_json, **extra)
+    network = build_network(target.plans, args.configuration, target.dataset_json, trainer=args.trainer)
     report, _ = plan_load(network, source, target.dataset_json.get("labels"), options)
     code = 0 if report.passed else 1
     if recipe is not None:

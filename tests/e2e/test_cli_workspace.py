@@ -82,6 +82,23 @@ def test_check_passes_on_anisotropic_target(workspace, tmp_path):
     assert data["unused_source_keys"] == []
 
 
+def test_check_builds_the_network_of_the_named_trainer(workspace, tmp_path):
+    """-tr: the dry run uses the network that trainer builds (nnUNetTrainerBN: BatchNorm, whose running statistics
+    the InstanceNorm source lacks); an unknown trainer is a clear error."""
+    keys = {}
+    for trainer in (None, "nnUNetTrainerBN"):
+        out = tmp_path / f"{trainer}.json"
+        proc = _cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "--json", out,
+                    *(["-tr", trainer] if trainer else []), env=workspace.env)
+        assert proc.returncode == 0, proc.stderr
+        keys[trainer] = {t["key"] for t in json.loads(out.read_text())["tensors"] if t["status"] == "missing"}
+    assert not any(k.endswith("running_mean") for k in keys[None])
+    assert any(k.endswith("running_mean") for k in keys["nnUNetTrainerBN"])
+    proc = _cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "-tr", "nnUNetTrainerNoSuch",
+                env=workspace.env)
+    _assert_clean_error(proc, 2, "nnUNetTrainerNoSuch")
+
+
 def test_check_fails_the_guard_with_exit_1_and_writes_the_report(workspace, tmp_path):
     # the 2d configuration of the target builds a 2d network: nothing of a 3d checkpoint fits
     proc = _cli("check", workspace.checkpoint, "-d", "901", "-c", "2d", "--json", tmp_path / "r.json",
