@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import io
 import os
+import warnings
 from typing import Any
 
 from torch import nn
@@ -34,7 +35,9 @@ def find_trainer_class(trainer: str | type | None = None) -> type:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints every folder it searches
+        # nnU-Net prints every folder it searches, and importing its trainer modules warns (torch.jit deprecations)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return recursive_find_trainer_class_by_name(trainer)
     except RuntimeError:
         raise PlansError(f"trainer {trainer!r}: not found among nnU-Net's trainers (nnunetv2.training.nnUNetTrainer) "
