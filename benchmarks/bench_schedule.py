@@ -44,6 +44,7 @@ def alternating_worker(trainer, iters: int) -> None:
     """Encoder frozen vs nothing frozen in one process on the same batches, in interleaved blocks: the tightest
     side-by-side comparison (no difference between processes in memory layout or thread placement)."""
     from nnunet_transfer.core.schedules.schedule import apply_freeze
+    from nnunet_transfer.core.schedules.skips import update_skip_split
 
     everything = [g.name for g in trainer.param_groups]
     decoder_and_heads = [n for n in everything if not n.startswith("encoder.")]
@@ -53,6 +54,7 @@ def alternating_worker(trainer, iters: int) -> None:
     for b in range(4):
         for mode in ("nothing_frozen", "encoder_frozen") if b % 2 == 0 else ("encoder_frozen", "nothing_frozen"):
             apply_freeze(trainer.param_groups, everything if mode == "nothing_frozen" else decoder_and_heads)
+            update_skip_split(trainer.network)  # as the trainer does after each freeze change
             trainer.train_step(batches[0])  # warm-up after the change
             for i in range(block):
                 start = time.perf_counter()
@@ -62,15 +64,15 @@ def alternating_worker(trainer, iters: int) -> None:
     os._exit(0)
 
 
-def worker(config: str, root: str, iters: int) -> None:
+def build_trainer(root: str, trainer_name: str, recipe: str | None, recipe_name: str):
+    """The trainer as nnU-Net builds it on CPU (2 threads), started and in epoch 0 (trainable groups, rates set)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     torch.set_num_threads(2)
-    trainer_name, recipe = CONFIGS["adaptive_nothing_frozen" if config == "alternating" else config]
     if recipe:
-        path = Path(root) / f"{config}.yaml"
+        path = Path(root) / f"{recipe_name}.yaml"
         path.write_text(recipe)
         os.environ["NNUNET_TRANSFER_RECIPE"] = str(path)
     pre = Path(root) / "preprocessed" / "Dataset950_Bench"
@@ -83,6 +85,28 @@ def worker(config: str, root: str, iters: int) -> None:
     trainer.on_train_start()
     trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
     trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
+    return trainer
+
+
+def prepare_dataset(root: Path, shape: tuple[int, int, int]) -> dict[str, str]:
+    """A synthetic 5-case dataset under ``root``, planned and preprocessed (3d_fullres) by the stock CLI; returns the
+    environment the workers run in."""
+    from nnunet_transfer.demo.synthetic import make_dataset
+
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1",
+               nnUNet_compile="false")
+    make_dataset(root / "raw", 950, "Bench", num_cases=5, shape=shape, spacing=(1, 1, 1))
+    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "950", "-c",
+                    "3d_fullres", "-npfp", "2", "-np", "2"], env=env, check=True, capture_output=True)
+    return env
+
+
+def worker(config: str, root: str, iters: int) -> None:
+    import torch
+
+    trainer_name, recipe = CONFIGS["adaptive_nothing_frozen" if config == "alternating" else config]
+    trainer = build_trainer(root, trainer_name, recipe, config)
     if config == "alternating":
         alternating_worker(trainer, iters)
     batches = [next(trainer.dataloader_train) for _ in range(3)]
@@ -125,16 +149,9 @@ def main() -> None:
         worker(args.worker, args.root, args.iters)
         return
 
-    from nnunet_transfer.demo.synthetic import make_dataset
-
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1",
-               nnUNet_compile="false")
-    make_dataset(root / "raw", 950, "Bench", num_cases=5, shape=tuple(args.shape), spacing=(1, 1, 1))
-    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "950", "-c",
-                    "3d_fullres", "-npfp", "2", "-np", "2"], env=env, check=True, capture_output=True)
+    env = prepare_dataset(root, tuple(args.shape))
     plans = json.loads((root / "preprocessed" / "Dataset950_Bench" / "nnUNetPlans.json").read_text())
     print(f"patch {plans['configurations']['3d_fullres']['patch_size']}, batch "
           f"{plans['configurations']['3d_fullres']['batch_size']}, {args.iters} timed iterations per run, "

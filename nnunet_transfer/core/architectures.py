@@ -64,11 +64,13 @@ __all__ = [
     "RESIDUAL_ENCODER_UNET",
     "SEG_LAYERS_HEAD_PATTERN",
     "ArchitectureSpec",
+    "SkipFusion",
     "architecture_for",
     "class_named",
     "declared_input_projection",
     "declared_positional_embedding",
     "list_architectures",
+    "no_skip_fusions",
     "register_architecture",
     "unregister_architecture",
 ]
@@ -112,6 +114,23 @@ def declared_positional_embedding(network: nn.Module) -> str | None:
 
 
 @dataclass(frozen=True)
+class SkipFusion:
+    """A convolution whose input is ``cat((upsampled, skip), dim=1)``: the first ``up_channels`` input channels come
+    from the decoder's upsampling path, the rest from a skip connection that the modules named in ``upstream``
+    compute (with nothing trainable in between). While every parameter of ``upstream`` is frozen, the skip needs no
+    gradient and :mod:`nnunet_transfer.core.schedules.skips` can skip computing it."""
+
+    conv: str  # module name of the convolution (any alias)
+    up_channels: int  # leading input channels from the upsampling path; the remaining ones are the skip
+    upstream: tuple[str, ...]  # module names whose parameters (all of them) compute the skip
+
+
+def no_skip_fusions(network: nn.Module) -> list[SkipFusion]:
+    """The default ``skip_fusions``: none declared, the frozen-skip optimisation stays off."""
+    return []
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """What the loader and the schedules know about one family of networks. Register it with
     :func:`register_architecture`; only ``name`` and ``matches`` are required."""
@@ -130,11 +149,13 @@ class ArchitectureSpec:
     input_projection: Callable[[nn.Module], list[str]] = declared_input_projection
     # name of the learnable positional embedding tensor, or None
     positional_embedding: Callable[[nn.Module], str | None] = declared_positional_embedding
+    # convolutions over cat(upsampled, skip) and what computes each skip (see SkipFusion); none: feature off
+    skip_fusions: Callable[[nn.Module], list[SkipFusion]] = no_skip_fusions
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ArchitectureError(f"ArchitectureSpec.name must be a non-empty string, got {self.name!r}")
-        for field in ("matches", "group_patterns", "input_projection", "positional_embedding"):
+        for field in ("matches", "group_patterns", "input_projection", "positional_embedding", "skip_fusions"):
             if not callable(getattr(self, field)):
                 raise ArchitectureError(f"ArchitectureSpec {self.name!r}: {field} must be a function of the network")
         try:
@@ -209,8 +230,41 @@ def _residual_encoder_unet(network: nn.Module) -> bool:
     )
 
 
-PLAIN_CONV_UNET = ArchitectureSpec("PlainConvUNet", _plain_conv_unet, _unet_groups)
-RESIDUAL_ENCODER_UNET = ArchitectureSpec("ResidualEncoderUNet", _residual_encoder_unet, _unet_groups)
+def _forward_of(module: nn.Module, *qualnames: str) -> bool:
+    """True if ``module``'s class runs one of these (not overridden) forward methods."""
+    return getattr(type(module).forward, "__qualname__", None) in qualnames
+
+
+def _unet_skip_fusions(network: nn.Module) -> list[SkipFusion]:
+    """dynamic_network_architectures' UNetDecoder: decoder stage ``s`` runs ``stages[s](cat((transpconvs[s](x),
+    skips[-(s + 2)]), 1))``, and skip ``-(s + 2)`` is the output of encoder stage ``n - 2 - s`` (after the stem, if
+    any). Declared only where every forward on that path is the library's own (nothing overridden in between) and
+    the first module of ``stages[s]`` is a convolution (ungrouped); anything else: none (feature off)."""
+    enc, dec = getattr(network, "encoder", None), getattr(network, "decoder", None)
+    if not (_forward_of(network, "PlainConvUNet.forward", "ResidualEncoderUNet.forward")
+            and _forward_of(enc, "PlainConvEncoder.forward", "ResidualEncoder.forward")
+            and _forward_of(dec, "UNetDecoder.forward") and getattr(dec, "encoder", None) is enc):
+        return []
+    stem = ["encoder.stem"] if getattr(enc, "stem", None) is not None else []
+    n = len(enc.stages)
+    fusions = []
+    for s, (stage, up) in enumerate(zip(dec.stages, dec.transpconvs, strict=True)):
+        blocks = getattr(stage, "convs", None)
+        if not (_forward_of(stage, "StackedConvBlocks.forward") and isinstance(blocks, nn.Sequential) and len(blocks)
+                and _forward_of(blocks[0], "ConvDropoutNormReLU.forward")):
+            return []
+        conv, first = getattr(blocks[0], "conv", None), getattr(blocks[0], "all_modules", [None])[0]
+        if not (isinstance(conv, nn.Conv1d | nn.Conv2d | nn.Conv3d) and first is conv and conv.groups == 1
+                and 0 < up.out_channels < conv.in_channels):
+            return []
+        fusions.append(SkipFusion(f"decoder.stages.{s}.convs.0.conv", up.out_channels,
+                                  (*stem, *(f"encoder.stages.{k}" for k in range(n - 1 - s)))))
+    return fusions
+
+
+PLAIN_CONV_UNET = ArchitectureSpec("PlainConvUNet", _plain_conv_unet, _unet_groups, skip_fusions=_unet_skip_fusions)
+RESIDUAL_ENCODER_UNET = ArchitectureSpec("ResidualEncoderUNet", _residual_encoder_unet, _unet_groups,
+                                         skip_fusions=_unet_skip_fusions)
 
 
 # --- Primus (patch embedding, EVA ViT, patch decoder) -------------------------------------------------------------

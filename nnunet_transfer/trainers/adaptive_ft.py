@@ -39,6 +39,7 @@ from nnunet_transfer.core.schedules.schedule import (
     resolve_schedule,
     rewrap_ddp,
 )
+from nnunet_transfer.core.schedules.skips import disable_skip_split, update_skip_split
 from nnunet_transfer.errors import LoadGuardError, RecipeError, TrainingStateError
 from nnunet_transfer.nnunet.pretrained_hook import PRETRAINED_SEAM, install_pretrained_hook, seam_problems
 from nnunet_transfer.trainers import _cpu_ddp
@@ -78,6 +79,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.param_groups: list[ParameterGroup] = []
         self.schedule: Schedule | None = None
         self._trainable: list[str] | None = None
+        self._split = 0  # decoder convolutions split now (see _split_skips)
         self._lr_rows: list[dict[str, Any]] | None = None  # lr_table.json, read once (a resumed run's epochs)
         install_pretrained_hook(self)
 
@@ -186,6 +188,17 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             # DDP fixed at construction which parameters it synchronises: rebuild it for the new trainable set
             self.network = rewrap_ddp(self.network)
         self._trainable = trainable
+        self._split_skips()
+
+    def _split_skips(self) -> None:
+        """No input gradient for the skips whose encoder side is frozen now (recipe ``split_frozen_skips``)."""
+        split = update_skip_split(self.network) if self.ft_recipe.split_frozen_skips else 0
+        if not split:
+            disable_skip_split(self.network)
+        if split != self._split:
+            self.print_to_log_file(f"decoder convolutions computing no gradient for a frozen skip: {split}",
+                                   also_print_to_console=False)
+        self._split = split
 
     def _norms_to_eval(self) -> None:
         if self.ft_recipe.frozen_norm == "eval" and self._trainable is not None:

@@ -81,6 +81,9 @@ class Recipe(BaseModel):
     progressive: Progressive | None = None
     warmup_epochs: int = Field(0, ge=0)  # linear warmup of groups unfrozen after the first phase
     frozen_norm: Literal["eval", "train"] = "eval"  # norm layers of frozen groups
+    # decoder convolutions over cat(upsampled, skip) compute no gradient for a skip whose encoder side is frozen
+    # (core/schedules/skips.py; architectures that declare their skips); false: autograd's own (wasted) work
+    split_frozen_skips: bool = True
     pretrained: PretrainedSpec = Field(default_factory=PretrainedSpec)
     source: str | None = Field(None, exclude=True, description="file the recipe was read from")
 

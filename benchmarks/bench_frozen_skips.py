@@ -1,0 +1,135 @@
+"""Frozen skips (recipe ``split_frozen_skips``): training-step time and memory with the encoder frozen, with and
+without splitting the decoder convolutions over ``cat(upsampled, skip)``, vs nothing frozen, on CPU.
+
+Makes a synthetic dataset, plans and preprocesses it with the stock CLI (48^3 cases: patch 48^3, batch 2), builds
+nnUNetTrainerAdaptiveFT as nnU-Net does, draws a few batches, and then, in ONE process on the same batches, cycles
+through the modes in alternating order (``--rounds`` rounds of ``--iters`` timed ``train_step`` calls each):
+
+* ``nothing_frozen``: every group trains (nothing to split);
+* ``encoder_frozen`` / ``encoder_frozen_split``: decoder and heads train, the whole encoder is frozen;
+* ``half_frozen`` / ``half_frozen_split``: progressive unfreezing half way: the deeper half of the encoder stages
+  trains too, the shallower half (whose skips feed the high-resolution decoder stages) is still frozen.
+
+Memory is the training step's peak RSS above the RSS before it (the kernel's peak counter is reset before each
+measured step, and large blocks go straight back to the system, so modes do not inherit each other's peaks).
+Targets: encoder frozen (split) / nothing frozen <= 0.65 in time.
+
+    python benchmarks/bench_frozen_skips.py --rounds 3 --iters 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_schedule import NO_WEIGHTS, build_trainer, prepare_dataset
+
+MODES = ("nothing_frozen", "encoder_frozen", "encoder_frozen_split", "half_frozen", "half_frozen_split")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def _step_memory_mb(step) -> float:
+    """Peak RSS during ``step()`` above the RSS before it (Linux: /proc/self/clear_refs resets the peak)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mb("VmRSS")
+    step()
+    return _status_mb("VmHWM") - before
+
+
+def worker(root: str, rounds: int, iters: int) -> None:
+    from nnunet_transfer.core.schedules.schedule import apply_freeze
+    from nnunet_transfer.core.schedules.skips import disable_skip_split, split_skip_convs, update_skip_split
+
+    trainer = build_trainer(root, "nnUNetTrainerAdaptiveFT", "name: bench_skips\n" + NO_WEIGHTS, "bench_skips")
+    groups = [g.name for g in trainer.param_groups]
+    stages = sorted(int(g.rsplit("stage", 1)[1]) for g in groups if g.startswith("encoder.stage"))
+    deep = {f"encoder.stage{i}" for i in stages[len(stages) // 2:]}
+    trainable = {
+        "nothing_frozen": groups,
+        "encoder_frozen": [g for g in groups if not g.startswith("encoder.")],
+        "half_frozen": [g for g in groups if not g.startswith("encoder.") or g in deep],
+    }
+    batches = [next(trainer.dataloader_train) for _ in range(3)]
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    memory: dict[str, list[float]] = {m: [] for m in MODES}
+    split: dict[str, list[str]] = {}
+    for r in range(rounds):
+        for mode in MODES if r % 2 == 0 else MODES[::-1]:
+            apply_freeze(trainer.param_groups, trainable[mode.removesuffix("_split")])
+            if mode.endswith("_split"):
+                update_skip_split(trainer.network)
+            else:
+                disable_skip_split(trainer.network)
+            split[mode] = split_skip_convs(trainer.network)
+            trainer.train_step(batches[0])  # warm-up after the change
+            for i in range(iters):
+                start = time.perf_counter()
+                trainer.train_step(batches[i % len(batches)])
+                times[mode].append(time.perf_counter() - start)
+            memory[mode].append(_step_memory_mb(lambda: trainer.train_step(batches[0])))
+    print(json.dumps({"time": {m: statistics.median(v) for m, v in times.items()},
+                      "memory": {m: statistics.median(v) for m, v in memory.items()},
+                      "split": split, "encoder_stages": len(stages)}))
+    os._exit(0)  # skip the dataloaders' shutdown
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--iters", type=int, default=4)
+    ap.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.rounds, args.iters)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = prepare_dataset(root, tuple(args.shape))
+        plans = json.loads((root / "preprocessed" / "Dataset950_Bench" / "nnUNetPlans.json").read_text())
+        cfg = plans["configurations"]["3d_fullres"]
+        print(f"patch {cfg['patch_size']}, batch {cfg['batch_size']}, {args.rounds} rounds x {args.iters} timed "
+              "iterations per mode, one process, modes alternating on the same batches")
+        # augmentation in the main process (n_proc_DA 0); large blocks mmapped, so freed memory leaves the process
+        out = subprocess.run([sys.executable, __file__, "--worker", str(root), "--rounds", str(args.rounds),
+                              "--iters", str(args.iters)],
+                             env=dict(env, nnUNet_n_proc_DA="0", MALLOC_MMAP_THRESHOLD_="131072"),
+                             capture_output=True, text=True, check=False)
+        if out.returncode:
+            sys.exit(f"worker failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    t, m = res["time"], res["memory"]
+    print(f"encoder stages: {res['encoder_stages']}; split convolutions: "
+          + ", ".join(f"{k} {len(v)}" for k, v in res["split"].items()))
+    for mode in MODES:
+        print(f"{mode:22s} {t[mode]:.3f} s/iteration, step memory {m[mode]:.0f} MiB")
+    base_t, base_m = t["nothing_frozen"], m["nothing_frozen"]
+    for frozen in ("encoder_frozen", "half_frozen"):
+        print(f"{frozen} / nothing frozen: time {t[frozen] / base_t:.3f} without split, "
+              f"{t[frozen + '_split'] / base_t:.3f} with split"
+              + (" (target <= 0.65)" if frozen == "encoder_frozen" else "")
+              + f"; memory {m[frozen] / base_m:.3f} without, {m[frozen + '_split'] / base_m:.3f} with")
+        print(f"{frozen}: split / no split: time {t[frozen + '_split'] / t[frozen]:.3f}, "
+              f"memory {m[frozen + '_split'] / m[frozen]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
