@@ -12,7 +12,8 @@ through the modes in alternating order (``--rounds`` rounds of ``--iters`` timed
 
 Memory is the training step's peak RSS above the RSS before it (the kernel's peak counter is reset before each
 measured step, and large blocks go straight back to the system, so modes do not inherit each other's peaks).
-Targets: encoder frozen (split) / nothing frozen <= 0.65 in time.
+Also printed: the process's CPU time per step (steadier than wall time when other work shares the cores).
+Target: encoder frozen (split) / nothing frozen <= 0.65 in time.
 
     python benchmarks/bench_frozen_skips.py --rounds 3 --iters 4
 """
@@ -68,6 +69,7 @@ def worker(root: str, rounds: int, iters: int) -> None:
     }
     batches = [next(trainer.dataloader_train) for _ in range(3)]
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     memory: dict[str, list[float]] = {m: [] for m in MODES}
     split: dict[str, list[str]] = {}
     for r in range(rounds):
@@ -80,11 +82,13 @@ def worker(root: str, rounds: int, iters: int) -> None:
             split[mode] = split_skip_convs(trainer.network)
             trainer.train_step(batches[0])  # warm-up after the change
             for i in range(iters):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 trainer.train_step(batches[i % len(batches)])
                 times[mode].append(time.perf_counter() - start)
+                cpu[mode].append(time.process_time() - start_cpu)
             memory[mode].append(_step_memory_mb(lambda: trainer.train_step(batches[0])))
     print(json.dumps({"time": {m: statistics.median(v) for m, v in times.items()},
+                      "cpu": {m: statistics.median(v) for m, v in cpu.items()},
                       "memory": {m: statistics.median(v) for m, v in memory.items()},
                       "split": split, "encoder_stages": len(stages)}))
     os._exit(0)  # skip the dataloaders' shutdown
@@ -116,11 +120,11 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"worker failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    t, m = res["time"], res["memory"]
+    t, c, m = res["time"], res["cpu"], res["memory"]
     print(f"encoder stages: {res['encoder_stages']}; split convolutions: "
           + ", ".join(f"{k} {len(v)}" for k, v in res["split"].items()))
     for mode in MODES:
-        print(f"{mode:22s} {t[mode]:.3f} s/iteration, step memory {m[mode]:.0f} MiB")
+        print(f"{mode:22s} {t[mode]:.3f} s/iteration ({c[mode]:.3f} s CPU), step memory {m[mode]:.0f} MiB")
     base_t, base_m = t["nothing_frozen"], m["nothing_frozen"]
     for frozen in ("encoder_frozen", "half_frozen"):
         print(f"{frozen} / nothing frozen: time {t[frozen] / base_t:.3f} without split, "
@@ -129,6 +133,10 @@ def main() -> None:
               + f"; memory {m[frozen] / base_m:.3f} without, {m[frozen + '_split'] / base_m:.3f} with")
         print(f"{frozen}: split / no split: time {t[frozen + '_split'] / t[frozen]:.3f}, "
               f"memory {m[frozen + '_split'] / m[frozen]:.3f}")
+        print(f"  CPU time (steadier on a busy machine): {frozen} / nothing frozen "
+              f"{c[frozen] / c['nothing_frozen']:.3f} without split, "
+              f"{c[frozen + '_split'] / c['nothing_frozen']:.3f} with; split / no split "
+              f"{c[frozen + '_split'] / c[frozen]:.3f}")
 
 
 if __name__ == "__main__":

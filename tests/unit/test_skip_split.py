@@ -179,6 +179,28 @@ def test_the_skip_halfs_input_gradient_is_not_computed(split):
         assert all(need for *_, need in calls.calls)  # every decoder convolution computes its input gradient
 
 
+def test_under_autocast_the_split_runs_in_the_autocast_dtype_as_the_stock_convolution():
+    """nnU-Net trains under autocast on CUDA; on CPU, bfloat16 autocast takes the same path: same outputs (bit for
+    bit), gradients within bfloat16 rounding, in the parameters' own dtype."""
+    net = build(residual=False, dim=3)
+    x, w = batch(3)
+    freeze(net, FREEZE_STATES["encoder"])
+    runs = []
+    for split in (False, True):
+        if split:
+            assert update_skip_split(net) == 3
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs.append(step(net, x, w))
+    (ref_out, ref_grads), (out, grads) = runs
+    assert all(o.dtype == torch.bfloat16 and torch.equal(o, r) for o, r in zip(out, ref_out, strict=True))
+    assert all(g.dtype == torch.float32 for g in grads.values() if g is not None)
+    scale = max(g.abs().max().item() for g in ref_grads.values() if g is not None)
+    for k, g in grads.items():
+        assert (g is None) == (ref_grads[k] is None), k
+        if g is not None:
+            assert (g - ref_grads[k]).abs().max().item() <= 2e-2 * scale, k  # bfloat16: 8 bits of mantissa
+
+
 def test_parameters_names_and_state_dict_do_not_change():
     net = build(residual=True, dim=3)
     freeze(net, FREEZE_STATES["encoder"])

@@ -82,7 +82,13 @@ class _SplitSkip:
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and input.requires_grad):
             return super().forward(input)  # type: ignore[misc]
-        return _SkipFrozenConv.apply(input, self.weight, self.bias, self._skip_up_channels,  # type: ignore[attr-defined]
+        weight, bias = self.weight, self.bias  # type: ignore[attr-defined]
+        device = input.device.type
+        if torch.is_autocast_enabled(device):  # cast as autocast casts a convolution's arguments (AMP on CUDA)
+            dtype = torch.get_autocast_dtype(device)
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        return _SkipFrozenConv.apply(input, weight, bias, self._skip_up_channels,
                                      self.stride, self.padding, self.dilation)  # type: ignore[attr-defined]
 
 
