@@ -10,8 +10,9 @@ through the modes in alternating order (``--rounds`` rounds of ``--iters`` timed
 * ``half_frozen`` / ``half_frozen_split``: progressive unfreezing half way: the deeper half of the encoder stages
   trains too, the shallower half (whose skips feed the high-resolution decoder stages) is still frozen.
 
-Memory is the training step's peak RSS above the RSS before it (the kernel's peak counter is reset before each
-measured step, and large blocks go straight back to the system, so modes do not inherit each other's peaks).
+Memory is the training step's peak RSS above the RSS before it, measured the same way in a second process (the
+kernel's peak counter is reset before each measured step, and large blocks go straight back to the system there, so
+modes do not inherit each other's peaks; the timed process allocates as usual).
 Also printed: the process's CPU time per step (steadier than wall time when other work shares the cores).
 Target: encoder frozen (split) / nothing frozen <= 0.65 in time.
 
@@ -54,11 +55,12 @@ def _step_memory_mb(step) -> float:
     return _status_mb("VmHWM") - before
 
 
-def worker(root: str, rounds: int, iters: int) -> None:
+def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) -> None:
     from nnunet_transfer.core.schedules.schedule import apply_freeze
     from nnunet_transfer.core.schedules.skips import disable_skip_split, split_skip_convs, update_skip_split
 
-    trainer = build_trainer(root, "nnUNetTrainerAdaptiveFT", "name: bench_skips\n" + NO_WEIGHTS, "bench_skips")
+    trainer = build_trainer(root, "nnUNetTrainerAdaptiveFT", "name: bench_skips\n" + NO_WEIGHTS, "bench_skips",
+                            threads)
     groups = [g.name for g in trainer.param_groups]
     stages = sorted(int(g.rsplit("stage", 1)[1]) for g in groups if g.startswith("encoder.stage"))
     deep = {f"encoder.stage{i}" for i in stages[len(stages) // 2:]}
@@ -81,16 +83,20 @@ def worker(root: str, rounds: int, iters: int) -> None:
                 disable_skip_split(trainer.network)
             split[mode] = split_skip_convs(trainer.network)
             trainer.train_step(batches[0])  # warm-up after the change
+            if memory_only:
+                memory[mode].append(_step_memory_mb(lambda: trainer.train_step(batches[0])))
+                continue
             for i in range(iters):
                 start, start_cpu = time.perf_counter(), time.process_time()
                 trainer.train_step(batches[i % len(batches)])
                 times[mode].append(time.perf_counter() - start)
                 cpu[mode].append(time.process_time() - start_cpu)
-            memory[mode].append(_step_memory_mb(lambda: trainer.train_step(batches[0])))
-    print(json.dumps({"time": {m: statistics.median(v) for m, v in times.items()},
-                      "cpu": {m: statistics.median(v) for m, v in cpu.items()},
-                      "memory": {m: statistics.median(v) for m, v in memory.items()},
-                      "split": split, "encoder_stages": len(stages)}))
+    if memory_only:
+        print(json.dumps({"memory": {m: statistics.median(v) for m, v in memory.items()}}))
+    else:
+        print(json.dumps({"time": {m: statistics.median(v) for m, v in times.items()},
+                          "cpu": {m: statistics.median(v) for m, v in cpu.items()},
+                          "split": split, "encoder_stages": len(stages)}))
     os._exit(0)  # skip the dataloaders' shutdown
 
 
@@ -99,10 +105,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine: steadier)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.rounds, args.iters)
+        worker(args.worker, args.rounds, args.iters, args.threads, args.memory_only)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,15 +119,18 @@ def main() -> None:
         plans = json.loads((root / "preprocessed" / "Dataset950_Bench" / "nnUNetPlans.json").read_text())
         cfg = plans["configurations"]["3d_fullres"]
         print(f"patch {cfg['patch_size']}, batch {cfg['batch_size']}, {args.rounds} rounds x {args.iters} timed "
-              "iterations per mode, one process, modes alternating on the same batches")
-        # augmentation in the main process (n_proc_DA 0); large blocks mmapped, so freed memory leaves the process
-        out = subprocess.run([sys.executable, __file__, "--worker", str(root), "--rounds", str(args.rounds),
-                              "--iters", str(args.iters)],
-                             env=dict(env, nnUNet_n_proc_DA="0", MALLOC_MMAP_THRESHOLD_="131072"),
-                             capture_output=True, text=True, check=False)
-        if out.returncode:
-            sys.exit(f"worker failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+              f"iterations per mode, {args.threads} thread(s), one process, modes alternating on the same batches")
+        res = {}
+        # augmentation in the main process (n_proc_DA 0). Memory in a second process whose large blocks are mmapped
+        # (freed memory leaves the process, so each mode's peak is its own); not the timed one: that costs page faults
+        for extra, malloc in (([], {}), (["--memory-only"], {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+            out = subprocess.run([sys.executable, __file__, "--worker", str(root), "--rounds", str(args.rounds),
+                                  "--iters", str(args.iters), "--threads", str(args.threads), *extra],
+                                 env=dict(env, nnUNet_n_proc_DA="0", **malloc), capture_output=True, text=True,
+                                 check=False)
+            if out.returncode:
+                sys.exit(f"worker failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            res.update(json.loads(out.stdout.strip().splitlines()[-1]))
     t, c, m = res["time"], res["cpu"], res["memory"]
     print(f"encoder stages: {res['encoder_stages']}; split convolutions: "
           + ", ".join(f"{k} {len(v)}" for k, v in res["split"].items()))

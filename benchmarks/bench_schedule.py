@@ -64,13 +64,14 @@ def alternating_worker(trainer, iters: int) -> None:
     os._exit(0)
 
 
-def build_trainer(root: str, trainer_name: str, recipe: str | None, recipe_name: str):
-    """The trainer as nnU-Net builds it on CPU (2 threads), started and in epoch 0 (trainable groups, rates set)."""
+def build_trainer(root: str, trainer_name: str, recipe: str | None, recipe_name: str, threads: int = 2):
+    """The trainer as nnU-Net builds it on CPU (``threads`` threads), started and in epoch 0 (trainable groups, rates
+    set)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     if recipe:
         path = Path(root) / f"{recipe_name}.yaml"
         path.write_text(recipe)
