@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
+import sys
 import threading
 import traceback
 import weakref
@@ -17,10 +20,15 @@ EXIT_WAIT_SECONDS = 30.0  # at interpreter exit, the job under way may finish (a
 class LatestJobWorker:
     """Runs submitted jobs one at a time in a daemon thread (started on the first submission). A job submitted while
     an earlier one has not started replaces it: the latest wins. A job's exception never reaches the submitting
-    thread; its traceback is kept until :meth:`wait` hands it over, so that the owner reports it."""
+    thread; its traceback is kept until :meth:`wait` hands it over, so that the owner reports it.
 
-    def __init__(self, name: str) -> None:
+    ``nice``: on Linux (where nice values are per thread) the thread's nice value is raised by this much, so that
+    on busy cores the jobs take the time the training threads leave (a job still running when the owner waits for
+    it then runs while the owner waits)."""
+
+    def __init__(self, name: str, nice: int = 0) -> None:
         self.name = name
+        self.nice = nice
         self._cond = threading.Condition()
         self._pending: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
         self._busy = False
@@ -43,6 +51,10 @@ class LatestJobWorker:
             self._cond.notify_all()
 
     def _run(self) -> None:
+        if self.nice > 0 and sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):  # best effort: a lower priority only
+                tid = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._closing)

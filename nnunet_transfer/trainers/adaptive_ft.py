@@ -84,7 +84,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self._lr_table: LRTable | None = None  # lr_table.json, read once (a resumed run's epochs)
         self._fractions: dict[tuple[str, ...], float] = {}  # trainable fraction per trainable set
         self._panel = SchedulePanel()
-        self._panel_worker = LatestJobWorker("nnunet-transfer schedule panel")
+        self._panel_worker = LatestJobWorker("nnunet-transfer schedule panel", nice=19)
         install_pretrained_hook(self)
 
     # --- recipe -----------------------------------------------------------------------------------------------

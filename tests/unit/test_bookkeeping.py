@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -251,6 +253,16 @@ def test_latest_job_wins_and_failures_are_handed_over_once():
     assert not thread.is_alive()
     worker.submit(ran.append, 4)  # a new thread after close
     assert worker.close(5) == [] and ran == [3, 4]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_worker_thread_runs_at_a_lower_priority_than_training():
+    worker = LatestJobWorker("test", nice=5)
+    seen: list[int] = []
+    worker.submit(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    assert worker.close(5) == []
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, main + 5)] and os.getpriority(os.PRIO_PROCESS, 0) == main
 
 
 # --- appending rows to a PNG ----------------------------------------------------------------------------------
