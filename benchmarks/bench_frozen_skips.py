@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_schedule import NO_WEIGHTS, build_trainer, prepare_dataset
+from _bench_trainer import NO_WEIGHTS, build_trainer, prepare_dataset
 
 MODES = ("nothing_frozen", "encoder_frozen", "encoder_frozen_split", "half_frozen", "half_frozen_split")
 
@@ -60,7 +60,7 @@ def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) 
     from nnunet_transfer.core.schedules.skips import disable_skip_split, split_skip_convs, update_skip_split
 
     trainer = build_trainer(root, "nnUNetTrainerAdaptiveFT", "name: bench_skips\n" + NO_WEIGHTS, "bench_skips",
-                            threads)
+                            threads=threads)
     groups = [g.name for g in trainer.param_groups]
     stages = sorted(int(g.rsplit("stage", 1)[1]) for g in groups if g.startswith("encoder.stage"))
     deep = {f"encoder.stage{i}" for i in stages[len(stages) // 2:]}

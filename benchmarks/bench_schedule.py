@@ -26,10 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-NO_WEIGHTS = "pretrained: {required: false}\n"  # timing only: random weights train as fast as pretrained ones
+from _bench_trainer import FULL_FT, NO_WEIGHTS, build_trainer, prepare_dataset
+
 CONFIGS = {
     "stock": ("nnUNetTrainer", None),
-    "adaptive_nothing_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_full\n" + NO_WEIGHTS),
+    "adaptive_nothing_frozen": ("nnUNetTrainerAdaptiveFT", FULL_FT),
     "adaptive_encoder_frozen": ("nnUNetTrainerAdaptiveFT", "name: bench_frozen\n" + NO_WEIGHTS + "phases:\n"
                                 "  - {start_epoch: 0, unfreeze: ['decoder.*', 'heads']}\n"),
 }
@@ -64,50 +65,15 @@ def alternating_worker(trainer, iters: int) -> None:
     os._exit(0)
 
 
-def build_trainer(root: str, trainer_name: str, recipe: str | None, recipe_name: str, threads: int = 2):
-    """The trainer as nnU-Net builds it on CPU (``threads`` threads), started and in epoch 0 (trainable groups, rates
-    set)."""
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    torch.set_num_threads(threads)
-    if recipe:
-        path = Path(root) / f"{recipe_name}.yaml"
-        path.write_text(recipe)
-        os.environ["NNUNET_TRANSFER_RECIPE"] = str(path)
-    pre = Path(root) / "preprocessed" / "Dataset950_Bench"
-    plans = load_json(str(pre / "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    cls = recursive_find_trainer_class_by_name(trainer_name)
-    trainer = cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=load_json(str(pre / "dataset.json")),
-                  device=torch.device("cpu"))
-    trainer.num_epochs = 1000
-    trainer.on_train_start()
-    trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
-    trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
-    return trainer
-
-
-def prepare_dataset(root: Path, shape: tuple[int, int, int]) -> dict[str, str]:
-    """A synthetic 5-case dataset under ``root``, planned and preprocessed (3d_fullres) by the stock CLI; returns the
-    environment the workers run in."""
-    from nnunet_transfer.demo.synthetic import make_dataset
-
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1",
-               nnUNet_compile="false")
-    make_dataset(root / "raw", 950, "Bench", num_cases=5, shape=shape, spacing=(1, 1, 1))
-    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "950", "-c",
-                    "3d_fullres", "-npfp", "2", "-np", "2"], env=env, check=True, capture_output=True)
-    return env
-
-
 def worker(config: str, root: str, iters: int) -> None:
     import torch
 
     trainer_name, recipe = CONFIGS["adaptive_nothing_frozen" if config == "alternating" else config]
     trainer = build_trainer(root, trainer_name, recipe, config)
+    trainer.num_epochs = 1000
+    trainer.on_train_start()
+    trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
+    trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
     if config == "alternating":
         alternating_worker(trainer, iters)
     batches = [next(trainer.dataloader_train) for _ in range(3)]
@@ -152,18 +118,14 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)
-    env = prepare_dataset(root, tuple(args.shape))
-    plans = json.loads((root / "preprocessed" / "Dataset950_Bench" / "nnUNetPlans.json").read_text())
-    print(f"patch {plans['configurations']['3d_fullres']['patch_size']}, batch "
-          f"{plans['configurations']['3d_fullres']['batch_size']}, {args.iters} timed iterations per run, "
-          f"{args.rounds} rounds")
+    env = prepare_dataset(root, args.shape)
+    print(f"{args.iters} timed iterations per run, {args.rounds} rounds")
     order = [*CONFIGS, "alternating"]
     results: dict[str, list[dict]] = {c: [] for c in order}
     for r in range(args.rounds):
         for config in order if r % 2 == 0 else order[::-1]:
-            # data augmentation in the main process (n_proc_DA 0): the timed steps share the 2 cores with nothing
             out = subprocess.run([sys.executable, __file__, "--worker", config, "--root", str(root), "--iters",
-                                  str(args.iters)], env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True,
+                                  str(args.iters)], env=env, capture_output=True,
                                  text=True, check=False)
             if out.returncode:
                 sys.exit(f"worker {config} failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

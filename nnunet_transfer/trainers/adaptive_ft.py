@@ -9,7 +9,9 @@ The recipe's schedule (parameter groups, freeze phases, per-group learning rates
 polynomial rate: every parameter is in the optimizer from the start (one param group per parameter group), frozen
 groups get no gradient and their norm layers stay in eval mode, and under DDP the wrapper is rebuilt whenever the
 trainable set changes so that newly unfrozen parameters are synchronised. Each epoch's rates and trainable groups
-go to the log and to ``lr_table.json``.
+go to the log and to ``lr_table.json``, and a panel of them under nnU-Net's ``progress.png``: drawn in a background
+thread during the next epoch (rank 0), waited for before nnU-Net writes ``progress.png`` again and at the end of
+training; a failure to draw it is logged and training goes on.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import torch
 import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_transfer.core.io import write_json_atomic
+from nnunet_transfer.core.background import LatestJobWorker
 from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
 from nnunet_transfer.core.loading.report import LoadReport
 from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
-from nnunet_transfer.core.schedules.plot import add_schedule_panel
+from nnunet_transfer.core.schedules.lr_table import LRTable
+from nnunet_transfer.core.schedules.plot import SchedulePanel
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
 from nnunet_transfer.core.schedules.schedule import (
     PerGroupLRScheduler,
@@ -80,7 +83,10 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self.schedule: Schedule | None = None
         self._trainable: list[str] | None = None
         self._split = 0  # decoder convolutions split now (see _split_skips)
-        self._lr_rows: list[dict[str, Any]] | None = None  # lr_table.json, read once (a resumed run's epochs)
+        self._lr_table: LRTable | None = None  # lr_table.json, read once (a resumed run's epochs)
+        self._fractions: dict[tuple[str, ...], float] = {}  # trainable fraction per trainable set
+        self._panel = SchedulePanel()
+        self._panel_worker = LatestJobWorker("nnunet-transfer schedule panel", nice=19)
         install_pretrained_hook(self)
 
     # --- recipe -----------------------------------------------------------------------------------------------
@@ -171,6 +177,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
                    key=lambda g: s.multiplier[g.name], default=self.param_groups[0])
         ordered = [lead] + [g for g in self.param_groups if g is not lead]
         optimizer = build_optimizer(ordered, self.schedule, recipe.optimizer)
+        self._fractions = {}
         total = sum(g.numel for g in self.param_groups)
         self.print_to_log_file("parameter groups (name: tensors, parameters, share, rate multiplier, trains from "
                                "epoch):\n" + "\n".join(
@@ -204,21 +211,24 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         if self.ft_recipe.frozen_norm == "eval" and self._trainable is not None:
             freeze_norms(unwrap_network(self.network), self.param_groups, self._trainable)
 
+    def _trainable_fraction(self) -> float:
+        key = tuple(self._trainable)
+        if key not in self._fractions:
+            total = sum(g.numel for g in self.param_groups)
+            self._fractions[key] = sum(g.numel for g in self.param_groups if g.name in self._trainable) / total
+        return self._fractions[key]
+
     def _log_schedule(self, epoch: int) -> None:
         lrs = {pg["name"]: pg["lr"] for pg in self.optimizer.param_groups}
-        total = sum(g.numel for g in self.param_groups)
-        frac = sum(g.numel for g in self.param_groups if g.name in self._trainable) / total
+        frac = self._trainable_fraction()
         self.print_to_log_file("learning rates: " + ", ".join(f"{k} {v:.3g}" for k, v in lrs.items())
                                + f"; trainable fraction {frac:.3f}")
         if self.local_rank != 0:
             return
-        path = Path(self.output_folder) / LR_TABLE_FILE
-        if self._lr_rows is None:
-            self._lr_rows = json.loads(path.read_text()) if path.is_file() else []
-        rows = [r for r in self._lr_rows if r["epoch"] < epoch]
-        rows.append({"epoch": epoch, "lr": lrs, "trainable": list(self._trainable), "trainable_fraction": frac})
-        self._lr_rows = rows
-        write_json_atomic(path, rows, indent=1)
+        if self._lr_table is None:
+            self._lr_table = LRTable.load(Path(self.output_folder) / LR_TABLE_FILE)
+        self._lr_table.record({"epoch": epoch, "lr": lrs, "trainable": list(self._trainable),
+                               "trainable_fraction": frac})
 
     def on_train_epoch_start(self) -> None:
         self._set_trainable(self.current_epoch)
@@ -226,10 +236,26 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self._norms_to_eval()
         self._log_schedule(self.current_epoch)
 
+    def _wait_for_panel(self) -> None:
+        """Wait for the schedule panel under way (if any); log the failures of panels that could not be added."""
+        for failure in self._panel_worker.wait():
+            self.print_to_log_file("schedule panel not added to progress.png (training goes on):\n" + failure,
+                                   also_print_to_console=False)
+            self.print_to_log_file("schedule panel not added to progress.png (training goes on): "
+                                   + failure.strip().splitlines()[-1], also_print_to_console=True)
+
     def on_epoch_end(self) -> None:
+        self._wait_for_panel()  # an earlier panel must never land on the progress.png nnU-Net writes now
         super().on_epoch_end()  # writes progress.png (rank 0)
-        if self.local_rank == 0 and self._lr_rows:
-            add_schedule_panel(Path(self.output_folder) / "progress.png", self._lr_rows)
+        if self.local_rank == 0 and self._lr_table is not None and self._lr_table.rows:
+            # drawn while the next epoch trains; the rows are a snapshot (the list grows, rows are never changed)
+            self._panel_worker.submit(self._panel.add_to, Path(self.output_folder) / "progress.png",
+                                      list(self._lr_table.rows))
+
+    def on_train_end(self) -> None:
+        self._wait_for_panel()  # the last epoch's panel is in progress.png before training is reported done
+        self._panel_worker.close()
+        super().on_train_end()
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:

@@ -4,32 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nnunet_transfer.core.io import atomic_path
+from nnunet_transfer.core.png import append_rows
 
-__all__ = ["add_schedule_panel"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["SchedulePanel", "add_schedule_panel", "render_schedule_panel"]
 
 
-def add_schedule_panel(png: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append a panel under ``png`` (nnU-Net's progress plot): per-group learning rates per epoch, the trainable
-    fraction, and a dashed line wherever the trainable set changes (labelled with the groups unfrozen).
+def render_schedule_panel(rows: Sequence[dict[str, Any]], width: int) -> np.ndarray:
+    """The panel for an image ``width`` pixels wide, as (height, width, 4) uint8 RGBA: per-group learning rates per
+    epoch, the trainable fraction, and a dashed line wherever the trainable set changes (labelled with the groups
+    unfrozen). Drawn through matplotlib's object API (no pyplot: safe outside the main thread while pyplot is not
+    in use) with the rcParams in force, which nnU-Net's own plot sets (seaborn's style)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    Only the panel is drawn; it is pasted under nnU-Net's image as pixels (redrawing the 30x54-inch figure through
-    matplotlib took ten times longer than nnU-Net's own plot, every epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    png = Path(png)
-    if not png.is_file() or not rows:
-        return
-    with Image.open(png) as img:
-        base = img.convert("RGBA")
-    width = base.width / 100
-    fig, ax = plt.subplots(figsize=(width, width * 0.35), dpi=100)
+    inches = width / 100
+    fig = Figure(figsize=(inches, inches * 0.35), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
     epochs = [r["epoch"] for r in rows]
     for group in rows[-1]["lr"]:
         ax.plot(epochs, [r["lr"].get(group, 0.0) for r in rows], linewidth=3, label=group)
@@ -52,11 +49,45 @@ def add_schedule_panel(png: str | Path, rows: Sequence[dict[str, Any]]) -> None:
         previous = now
     ax.legend(loc="upper right", fontsize=18, ncol=2)
     fig.tight_layout()
-    fig.canvas.draw()
-    panel = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()).copy()
-    plt.close(fig)
-    out = Image.new("RGBA", (base.width, base.height + panel.height), "white")
-    out.paste(base, (0, 0))
-    out.paste(panel, (0, base.height))
-    with atomic_path(png) as tmp:
-        out.save(tmp, format="PNG", compress_level=1)
+    canvas.draw()
+    return np.array(canvas.buffer_rgba())  # a copy: the canvas' buffer goes with the figure
+
+
+class SchedulePanel:
+    """Adds the panel under a progress.png; keeps the last panel drawn and reuses it while the rows and the width
+    are the same (nnU-Net redraws progress.png every epoch, the panel changes only with the rows)."""
+
+    def __init__(self) -> None:
+        self._drawn: tuple[int, list[dict[str, Any]], np.ndarray] | None = None
+        self.renders = 0  # panels drawn (not reused)
+
+    def panel(self, rows: Sequence[dict[str, Any]], width: int) -> np.ndarray:
+        """The panel for ``rows`` at ``width`` pixels, drawn or reused."""
+        rows = list(rows)
+        if self._drawn is not None and self._drawn[0] == width and self._drawn[1] == rows:
+            return self._drawn[2]
+        pixels = render_schedule_panel(rows, width)
+        self.renders += 1
+        self._drawn = (width, rows, pixels)
+        return pixels
+
+    def add_to(self, png: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+        """Append the panel under ``png`` (nnU-Net's progress plot) as pixels, atomically; nothing when ``png`` does
+        not exist or there are no rows. (Redrawing nnU-Net's 30x54-inch figure through matplotlib took ten times
+        longer than nnU-Net's own plot; the image is not decoded either: see :mod:`nnunet_transfer.core.png`.)"""
+        png = Path(png)
+        if not rows or not png.is_file():
+            return
+        append_rows(png, self.panel(rows, _png_width(png)), compress_level=1)
+
+
+def _png_width(png: Path) -> int:
+    from PIL import Image
+
+    with Image.open(png) as img:  # reads the header only
+        return img.width
+
+
+def add_schedule_panel(png: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append a panel under ``png`` (nnU-Net's progress plot), synchronously: see :class:`SchedulePanel`."""
+    SchedulePanel().add_to(png, rows)
