@@ -61,6 +61,10 @@ def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) 
 
     trainer = build_trainer(root, "nnUNetTrainerAdaptiveFT", "name: bench_skips\n" + NO_WEIGHTS, "bench_skips",
                             threads=threads)
+    trainer.num_epochs = 1000
+    trainer.on_train_start()
+    trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
+    trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
     groups = [g.name for g in trainer.param_groups]
     stages = sorted(int(g.rsplit("stage", 1)[1]) for g in groups if g.startswith("encoder.stage"))
     deep = {f"encoder.stage{i}" for i in stages[len(stages) // 2:]}
