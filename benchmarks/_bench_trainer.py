@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["DATASET", "FULL_FT", "NO_WEIGHTS", "build_trainer", "prepare_dataset"]
+__all__ = ["DATASET", "FULL_FT", "NO_WEIGHTS", "build_trainer", "prepare_dataset", "start_epoch0"]
 
 DATASET_ID, DATASET = 950, "Dataset950_Bench"
 NO_WEIGHTS = "pretrained: {required: false}\n"  # timing only: random weights train as fast as pretrained ones
@@ -54,3 +54,12 @@ def build_trainer(root: str | Path, trainer_name: str, recipe: str | None, tag: 
     cls = recursive_find_trainer_class_by_name(trainer_name)
     return cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=load_json(str(pre / "dataset.json")),
                device=torch.device(device))
+
+
+def start_epoch0(trainer) -> None:
+    """Start training as nnU-Net's ``run_training`` does, up to the first training epoch (trainable groups and rates
+    of epoch 0 set); a long nominal run so that the rates hardly decay while timing."""
+    trainer.num_epochs = 1000
+    trainer.on_train_start()
+    trainer.on_epoch_start()  # the epoch's start timestamp, then the training epoch
+    trainer.on_train_epoch_start()

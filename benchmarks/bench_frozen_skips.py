@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_trainer import NO_WEIGHTS, build_trainer, prepare_dataset
+from _bench_trainer import NO_WEIGHTS, build_trainer, prepare_dataset, start_epoch0
 
 MODES = ("nothing_frozen", "encoder_frozen", "encoder_frozen_split", "half_frozen", "half_frozen_split")
 
@@ -61,10 +61,7 @@ def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) 
 
     trainer = build_trainer(root, "nnUNetTrainerAdaptiveFT", "name: bench_skips\n" + NO_WEIGHTS, "bench_skips",
                             threads=threads)
-    trainer.num_epochs = 1000
-    trainer.on_train_start()
-    trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
-    trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
+    start_epoch0(trainer)
     groups = [g.name for g in trainer.param_groups]
     stages = sorted(int(g.rsplit("stage", 1)[1]) for g in groups if g.startswith("encoder.stage"))
     deep = {f"encoder.stage{i}" for i in stages[len(stages) // 2:]}
@@ -119,11 +116,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env = prepare_dataset(root, tuple(args.shape))
-        plans = json.loads((root / "preprocessed" / "Dataset950_Bench" / "nnUNetPlans.json").read_text())
-        cfg = plans["configurations"]["3d_fullres"]
-        print(f"patch {cfg['patch_size']}, batch {cfg['batch_size']}, {args.rounds} rounds x {args.iters} timed "
-              f"iterations per mode, {args.threads} thread(s), one process, modes alternating on the same batches")
+        env = prepare_dataset(root, tuple(args.shape))  # prints the patch and batch size
+        print(f"{args.rounds} rounds x {args.iters} timed iterations per mode, {args.threads} thread(s), one "
+              "process, modes alternating on the same batches")
         res = {}
         # augmentation in the main process (n_proc_DA 0). Memory in a second process whose large blocks are mmapped
         # (freed memory leaves the process, so each mode's peak is its own); not the timed one: that costs page faults

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench_trainer import FULL_FT, NO_WEIGHTS, build_trainer, prepare_dataset
+from _bench_trainer import FULL_FT, NO_WEIGHTS, build_trainer, prepare_dataset, start_epoch0
 
 CONFIGS = {
     "stock": ("nnUNetTrainer", None),
@@ -70,10 +70,7 @@ def worker(config: str, root: str, iters: int) -> None:
 
     trainer_name, recipe = CONFIGS["adaptive_nothing_frozen" if config == "alternating" else config]
     trainer = build_trainer(root, trainer_name, recipe, config)
-    trainer.num_epochs = 1000
-    trainer.on_train_start()
-    trainer.on_epoch_start()  # as nnU-Net's run_training: the epoch's start timestamp, then the training epoch
-    trainer.on_train_epoch_start()  # sets the trainable groups and rates for epoch 0
+    start_epoch0(trainer)
     if config == "alternating":
         alternating_worker(trainer, iters)
     batches = [next(trainer.dataloader_train) for _ in range(3)]

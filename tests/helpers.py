@@ -85,6 +85,21 @@ def run(cmd: Sequence[str], env: dict[str, str], check: bool = True, timeout: fl
     return proc
 
 
+
+def cli(*args, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """``nnunet-transfer ARGS`` as a user runs it (this environment's console script)."""
+    return run([bin_path("nnunet-transfer"), *map(str, args)], env or dict(os.environ), check=check)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    """The CLI failed as it promises: exit ``code``, one message starting with the program's name, no traceback,
+    every fragment in it."""
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("nnunet-transfer ")
+    for f in fragments:
+        assert f in proc.stderr
+
 RECIPES = TESTS / "recipes"
 
 
@@ -196,3 +211,20 @@ def trainer_folders(root: Path, plans: dict, dataset_json: dict | None = None) -
     (root / "results").mkdir(exist_ok=True)
     return {"nnUNet_preprocessed": str(root / "preprocessed"), "nnUNet_results": str(root / "results"),
             "nnUNet_compile": "false"}
+
+
+def build_trainer(root: Path, monkeypatch, cls: type | None = None, continue_training: bool = False,
+                  initialize: bool = True, **plans_kwargs):
+    """A trainer (default nnUNetTrainerAdaptiveFT) built as ``get_trainer_from_args`` builds it, on CPU, in
+    :func:`trainer_folders` under ``root`` (set with ``monkeypatch``); initialized (network, optimizer; no data)
+    unless ``initialize`` is False. ``plans_kwargs`` go to :func:`make_plans`."""
+    if cls is None:
+        from nnunet_transfer.trainers.adaptive_ft import nnUNetTrainerAdaptiveFT as cls
+    plans = make_plans(**plans_kwargs)
+    plans["continue_training"] = continue_training
+    for k, v in trainer_folders(root, plans).items():
+        monkeypatch.setenv(k, v)
+    trainer = cls(plans, "3d_fullres", 0, make_dataset_json(), torch.device("cpu"))
+    if initialize:
+        trainer.initialize()
+    return trainer

@@ -7,30 +7,7 @@ import os
 
 import pytest
 import torch
-from helpers import bin_path, run
-
-CLI = bin_path("nnunet-transfer")
-
-
-def _cli(*args, env=None, check=False):
-    return run([CLI, *map(str, args)], env or dict(os.environ), check=check)
-
-
-def _assert_clean_error(proc, code, *fragments):
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("nnunet-transfer ")
-    for f in fragments:
-        assert f in proc.stderr
-
-
-def _evil(path, marker):
-    class RunsCode:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": RunsCode()}, path)
-
+from helpers import assert_clean_error, cli
 
 BAD_INPUTS = {
     "missing": (lambda p: p / "missing.pth", "no such file"),
@@ -56,13 +33,13 @@ def test_bad_input_exit_2_clear_message_nothing_created(case, command, tmp_path,
     out = tmp_path / "out" / "report.json"
     extra = ["-d", "901", "-c", "3d_fullres"] if command == "check" else []
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    proc = _cli(command, path, *extra, "--json", out, env=workspace.env)
-    _assert_clean_error(proc, 2, fragment, str(path.name) if case != "directory" else str(path))
+    proc = cli(command, path, *extra, "--json", out, env=workspace.env)
+    assert_clean_error(proc, 2, fragment, str(path.name) if case != "directory" else str(path))
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing created
 
 
 def test_inspect_nnunet_checkpoint(workspace, tmp_path):
-    proc = _cli("inspect", workspace.checkpoint, "--json", tmp_path / "i.json", check=True)
+    proc = cli("inspect", workspace.checkpoint, "--json", tmp_path / "i.json", check=True)
     assert "network_weights" in proc.stdout and "nnUNetTrainer_TransferTestTiny" in proc.stdout
     assert "['background', 'organ', 'lesion']" in proc.stdout
     info = json.loads((tmp_path / "i.json").read_text())
@@ -72,7 +49,7 @@ def test_inspect_nnunet_checkpoint(workspace, tmp_path):
 
 
 def test_check_passes_on_anisotropic_target(workspace, tmp_path):
-    proc = _cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "--json", tmp_path / "r.json",
+    proc = cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "--json", tmp_path / "r.json",
                 "-v", env=workspace.env)
     assert proc.returncode == 0, proc.stderr
     assert "transposed kernel 2x2x2->1x2x2" in proc.stdout
@@ -88,20 +65,20 @@ def test_check_builds_the_network_of_the_named_trainer(workspace, tmp_path):
     keys = {}
     for trainer in (None, "nnUNetTrainerBN"):
         out = tmp_path / f"{trainer}.json"
-        proc = _cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "--json", out,
+        proc = cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "--json", out,
                     *(["-tr", trainer] if trainer else []), env=workspace.env)
         assert proc.returncode == 0, proc.stderr
         keys[trainer] = {t["key"] for t in json.loads(out.read_text())["tensors"] if t["status"] == "missing"}
     assert not any(k.endswith("running_mean") for k in keys[None])
     assert any(k.endswith("running_mean") for k in keys["nnUNetTrainerBN"])
-    proc = _cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "-tr", "nnUNetTrainerNoSuch",
+    proc = cli("check", workspace.checkpoint, "-d", "901", "-c", "3d_fullres", "-tr", "nnUNetTrainerNoSuch",
                 env=workspace.env)
-    _assert_clean_error(proc, 2, "nnUNetTrainerNoSuch")
+    assert_clean_error(proc, 2, "nnUNetTrainerNoSuch")
 
 
 def test_check_fails_the_guard_with_exit_1_and_writes_the_report(workspace, tmp_path):
     # the 2d configuration of the target builds a 2d network: nothing of a 3d checkpoint fits
-    proc = _cli("check", workspace.checkpoint, "-d", "901", "-c", "2d", "--json", tmp_path / "r.json",
+    proc = cli("check", workspace.checkpoint, "-d", "901", "-c", "2d", "--json", tmp_path / "r.json",
                 env=workspace.env)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "FAIL: coverage 0.0" in proc.stderr
@@ -117,20 +94,20 @@ def test_check_fails_the_guard_with_exit_1_and_writes_the_report(workspace, tmp_
      (["-d", "901", "-c", "3d_fullres", "--rename", "nope"], "must look like PATTERN=REPLACEMENT")],
 )
 def test_check_bad_target_exit_2(workspace, tmp_path, args, fragment):
-    proc = _cli("check", workspace.checkpoint, *args, "--json", tmp_path / "r.json", env=workspace.env)
-    _assert_clean_error(proc, 2, fragment)
+    proc = cli("check", workspace.checkpoint, *args, "--json", tmp_path / "r.json", env=workspace.env)
+    assert_clean_error(proc, 2, fragment)
     assert not (tmp_path / "r.json").exists()
 
 
 def test_doctor_reports_working_registration(workspace):
-    proc = _cli("doctor", env=workspace.env)
+    proc = cli("doctor", env=workspace.env)
     assert proc.returncode == 0, proc.stdout
     assert "[ok] trainer lookup" in proc.stdout and "registration works" in proc.stdout
 
 
 def test_doctor_says_why_registration_is_off(workspace):
     env = {**workspace.env, "NNUNET_TRANSFER_NO_AUTOREGISTER": "1"}
-    proc = _cli("doctor", env=env)
+    proc = cli("doctor", env=env)
     assert proc.returncode == 1
     assert "[FAIL] nnUNet_extTrainer in this process" in proc.stdout
     assert "NNUNET_TRANSFER_NO_AUTOREGISTER is set" in proc.stdout

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from helpers import RECIPES, make_dataset_json, make_plans, trainer_folders
+from helpers import RECIPES, build_trainer
 from PIL import Image
 
 from nnunet_transfer.core.background import LatestJobWorker
@@ -32,12 +31,7 @@ def build(tmp_path, monkeypatch):
     monkeypatch.setenv("NNUNET_TRANSFER_RECIPE", str(RECIPES / "progressive.yaml"))
 
     def build(continue_training: bool = False) -> nnUNetTrainerAdaptiveFT:
-        plans = make_plans()
-        plans["continue_training"] = continue_training
-        for k, v in trainer_folders(tmp_path, plans).items():
-            monkeypatch.setenv(k, v)
-        trainer = nnUNetTrainerAdaptiveFT(plans, "3d_fullres", 0, make_dataset_json(), torch.device("cpu"))
-        trainer.initialize()
+        trainer = build_trainer(tmp_path, monkeypatch, continue_training=continue_training)
         trainer.disable_checkpointing = True
         return trainer
 

@@ -9,21 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import USER_TRAINERS, bin_path, run
-
-CLI = bin_path("nnunet-transfer")
-
-
-def _cli(*args, env=None, check=False):
-    return run([CLI, *map(str, args)], env or dict(os.environ), check=check)
-
-
-def _assert_clean_error(proc, code, *fragments):
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("nnunet-transfer ")
-    for f in fragments:
-        assert f in proc.stderr
+from helpers import USER_TRAINERS, assert_clean_error, cli, run
 
 
 def _evil(path, marker):
@@ -34,32 +20,18 @@ def _evil(path, marker):
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": RunsCode()}, path)
 
 
-BAD_INPUTS = {
-    "missing": (lambda p: p / "missing.pth", "no such file"),
-    "directory": (lambda p: p, "is a directory"),
-    "empty": (lambda p: ((p / "empty.pth").write_bytes(b"") and p / "empty.pth") or p / "empty.pth", "file is empty"),
-    "random": (lambda p: (p / "r.pth").write_bytes(os.urandom(2000)) and p / "r.pth", "not a PyTorch or safetensors"),
-    "truncated": (lambda p: (torch.save({"a": torch.zeros(5000)}, p / "t0.pth"),
-                             (p / "t.pth").write_bytes((p / "t0.pth").read_bytes()[:3000]))[1] and p / "t.pth",
-                  "truncated or corrupt"),
-    "empty state dict": (lambda p: torch.save({"state_dict": {}}, p / "e.pth") or p / "e.pth", "e.pth"),
-    "unknown container": (lambda p: torch.save({"epoch": 1, "stuff": {"a": 1}}, p / "u.pth") or p / "u.pth",
-                          "--container"),
-}
-
-
 def test_pickle_that_would_run_code_is_refused_by_the_cli(tmp_path):
     marker = tmp_path / "pwned"
     _evil(tmp_path / "evil.pth", marker)
-    proc = _cli("inspect", tmp_path / "evil.pth")
-    _assert_clean_error(proc, 2, "refusing to unpickle", "system", "--trust-checkpoint")
+    proc = cli("inspect", tmp_path / "evil.pth")
+    assert_clean_error(proc, 2, "refusing to unpickle", "system", "--trust-checkpoint")
     assert not marker.exists()
 
 
 def test_inspect_prefixes_of_foreign_checkpoints(tmp_path, unet_factory):
     sd = {"module._orig_mod." + k: v for k, v in unet_factory().state_dict().items()}
     torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "ddp.pth")
-    proc = _cli("inspect", tmp_path / "ddp.pth", "--json", tmp_path / "i.json", check=True)
+    proc = cli("inspect", tmp_path / "ddp.pth", "--json", tmp_path / "i.json", check=True)
     info = json.loads((tmp_path / "i.json").read_text())
     assert info["container"] == "state_dict" and info["keys_with_wrapper_prefixes"] == len(sd)
     assert set(info["top_level_prefixes"]) == {"encoder", "decoder"}

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from helpers import make_dataset_json, make_plans, trainer_folders
+from helpers import build_trainer, make_plans, trainer_folders
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 import nnunet_transfer.trainers as our_trainers
@@ -22,12 +22,7 @@ TRAINERS = [getattr(our_trainers, name) for name in our_trainers.__all__]
 @pytest.fixture
 def trainer(tmp_path, monkeypatch):
     """nnUNetTrainerAdaptiveFT as ``get_trainer_from_args`` builds it, initialized (network, optimizer; no data)."""
-    plans = make_plans()
-    for k, v in trainer_folders(tmp_path, plans).items():
-        monkeypatch.setenv(k, v)
-    t = nnUNetTrainerAdaptiveFT(plans, "3d_fullres", 0, make_dataset_json(), torch.device("cpu"))
-    t.initialize()
-    return t
+    return build_trainer(tmp_path, monkeypatch)
 
 
 def test_seam_pretrained_weights_function():

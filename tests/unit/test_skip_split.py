@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from helpers import make_dataset_json, make_plans, trainer_folders
+from helpers import build_trainer
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -384,17 +384,10 @@ phases:
 
 @pytest.mark.parametrize("switch", [True, False])
 def test_trainer_follows_progressive_unfreezing_and_the_recipe_switch(tmp_path, monkeypatch, switch):
-    from nnunet_transfer.trainers.adaptive_ft import nnUNetTrainerAdaptiveFT
-
     recipe = tmp_path / "skips.yaml"
     recipe.write_text(PROGRESSIVE.replace("SWITCH", str(switch).lower()))
     monkeypatch.setenv(RECIPE_ENV_VAR, str(recipe))
-    plans = make_plans()
-    plans["continue_training"] = False
-    for k, v in trainer_folders(tmp_path, plans).items():
-        monkeypatch.setenv(k, v)
-    trainer = nnUNetTrainerAdaptiveFT(plans, "3d_fullres", 0, make_dataset_json(), torch.device("cpu"))
-    trainer.initialize()
+    trainer = build_trainer(tmp_path, monkeypatch)
     keys = list(trainer.network.state_dict())
     counts = []
     for epoch in range(4):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import bin_path, make_dataset_json, make_plans, nnunet_env, run, trainer_folders
+from helpers import bin_path, build_trainer, nnunet_env, run
 from torch import nn
 
 from nnunet_transfer.core.schedules.groups import derive_groups
@@ -34,14 +34,7 @@ def build(tmp_path, monkeypatch):
     """Build (and initialize) a trainer the way ``get_trainer_from_args`` does, on CPU, in tmp_path's folders."""
 
     def build(cls=nnUNetTrainerAdaptiveFT, continue_training=False, initialize=True, **plans_kwargs):
-        plans = make_plans(**plans_kwargs)
-        plans["continue_training"] = continue_training
-        for k, v in trainer_folders(tmp_path, plans).items():
-            monkeypatch.setenv(k, v)
-        trainer = cls(plans, "3d_fullres", 0, make_dataset_json(), torch.device("cpu"))
-        if initialize:
-            trainer.initialize()
-        return trainer
+        return build_trainer(tmp_path, monkeypatch, cls, continue_training, initialize, **plans_kwargs)
 
     return build
 
