@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import shutil
 import site
@@ -58,12 +56,10 @@ def run_doctor() -> int:
         results.append(_check(False, f"{ENV_VAR} entries", f"not folders (nnU-Net skips them): {missing}: remove "
                                                           f"them from {ENV_VAR} or create the folders"))
 
-    buf = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buf):
-            from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        from nnunet_transfer.nnunet.networks import find_trainer_class
 
-            cls = recursive_find_trainer_class_by_name(TRAINER)
+        cls = find_trainer_class(TRAINER)
         results.append(_check(cls.__module__.startswith("nnunet_transfer."), "trainer lookup",
                               f"nnU-Net resolves {TRAINER} to {cls.__module__}.{cls.__qualname__}"))
     except Exception as e:

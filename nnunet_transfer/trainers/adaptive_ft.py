@@ -188,20 +188,25 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
 
     def _set_trainable(self, epoch: int) -> None:
         trainable = self.schedule.trainable(epoch)
+        first = self._trainable is None
         changed = apply_freeze(self.param_groups, trainable)
-        if changed and self._trainable is not None:
+        if changed and not first:
             self.print_to_log_file(f"epoch {epoch}: trainable groups now {trainable}")
         if changed and self.is_ddp:
             # DDP fixed at construction which parameters it synchronises: rebuild it for the new trainable set
             self.network = rewrap_ddp(self.network)
         self._trainable = trainable
-        self._split_skips()
+        if changed or first:
+            self._split_skips()
 
     def _split_skips(self) -> None:
-        """No input gradient for the skips whose encoder side is frozen now (recipe ``split_frozen_skips``)."""
-        split = update_skip_split(self.network) if self.ft_recipe.split_frozen_skips else 0
-        if not split:
+        """No input gradient for the skips whose encoder side is frozen now (recipe ``split_frozen_skips``); called
+        whenever the trainable set changes."""
+        if self.ft_recipe.split_frozen_skips:
+            split = update_skip_split(self.network)
+        else:
             disable_skip_split(self.network)
+            split = 0
         if split != self._split:
             self.print_to_log_file(f"decoder convolutions computing no gradient for a frozen skip: {split}",
                                    also_print_to_console=False)

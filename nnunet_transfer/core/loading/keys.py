@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["KeyMap", "KeyMapping", "RenameRule", "normalize_keys", "parse_rename_rule", "strip_wrappers"]
+__all__ = ["KeyMap", "KeyMapping", "RenameRule", "normalize_keys", "parse_rename_rule", "rename_rule",
+           "strip_wrappers"]
 
 RenameRule = tuple[str, str]
 KeyMap = Callable[[str], str | None]
@@ -47,10 +48,16 @@ def parse_rename_rule(text: str) -> RenameRule:
     if "=" not in text:
         raise ValueError(f"rename rule {text!r} must look like PATTERN=REPLACEMENT, e.g. 'backbone\\.(.*)=encoder.\\1'")
     pattern, replacement = text.split("=", 1)
+    return rename_rule(pattern, replacement, shown=repr(text))
+
+
+def rename_rule(pattern: str, replacement: str, shown: str | None = None) -> RenameRule:
+    """The rule ``(pattern, replacement)``, checking the pattern compiles (``shown``: how the error names the rule)."""
     try:
         re.compile(pattern)
     except re.error as e:
-        raise ValueError(f"rename rule {text!r}: invalid regular expression {pattern!r}: {e}") from e
+        raise ValueError(f"rename rule {shown or repr((pattern, replacement))}: invalid regular expression "
+                         f"{pattern!r}: {e}") from e
     return pattern, replacement
 
 

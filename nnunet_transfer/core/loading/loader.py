@@ -34,8 +34,6 @@ __all__ = ["DEFAULT_HEAD_PATTERN", "LoadOptions", "load_pretrained", "plan_load"
 DEFAULT_HEAD_PATTERN = SEG_LAYERS_HEAD_PATTERN  # nnU-Net's U-Nets; the registry gives every family its own
 
 
-
-
 def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
 

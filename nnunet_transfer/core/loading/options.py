@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from nnunet_transfer.core.loading.keys import KeyMap, RenameRule, parse_rename_rule
+from nnunet_transfer.core.loading.keys import KeyMap, RenameRule, parse_rename_rule, rename_rule
 
 __all__ = ["LoadOptions"]
 
@@ -67,11 +67,7 @@ class LoadOptions(BaseModel):
             if isinstance(rule, str):
                 rules.append(parse_rename_rule(rule))
             elif isinstance(rule, list | tuple) and len(rule) == 2 and all(isinstance(x, str) for x in rule):
-                try:
-                    re.compile(rule[0])
-                except re.error as e:
-                    raise ValueError(f"rename rule {tuple(rule)!r}: invalid regular expression {rule[0]!r}: {e}") from e
-                rules.append((rule[0], rule[1]))
+                rules.append(rename_rule(*rule))
             else:
                 raise ValueError(f"rename rule {rule!r} must be a 'PATTERN=REPLACEMENT' string or a "
                                  "(pattern, replacement) pair")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_transfer.errors import PlansError
+from nnunet_transfer.nnunet.datasets import find_target_dataset, read_json
 
 __all__ = ["SourcePlans", "read_source_plans"]
 
@@ -37,14 +37,11 @@ def read_source_plans(
     (under ``preprocessed``, default ``$nnUNet_preprocessed`` read now)."""
     path = Path(source)
     if path.is_file() and path.suffix == ".json":
-        try:
-            plans = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise PlansError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(plans, dict) or "configurations" not in plans:
+        plans = read_json(path)
+        if "configurations" not in plans:
             raise PlansError(f"{path}: not an nnU-Net plans file (no 'configurations')")
         dj = path.parent / "dataset.json"
-        dataset_json = json.loads(dj.read_text()) if dj.is_file() else None
+        dataset_json = read_json(dj) if dj.is_file() else None
         return SourcePlans(plans, str(path), sorted(plans["configurations"]), None, dataset_json)
     if path.exists() or path.suffix in (".pth", ".pt", ".ckpt", ".safetensors"):
         from nnunet_transfer.core.loading.checkpoint import read_checkpoint
@@ -57,8 +54,6 @@ def read_source_plans(
             )
         confs = [ckpt.configuration] if ckpt.configuration else sorted(ckpt.plans["configurations"])
         return SourcePlans(ckpt.plans, str(path), confs, ckpt, ckpt.dataset_json)
-    from nnunet_transfer.nnunet.datasets import find_target_dataset
-
     ds = find_target_dataset(str(source), source_plans_identifier, preprocessed=preprocessed)
     return SourcePlans(ds.plans, f"{ds.name} ({ds.plans_file.name})", sorted(ds.plans["configurations"]), None,
                        ds.dataset_json)

@@ -3,7 +3,6 @@ pointed at explicit folders)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -47,7 +46,7 @@ def write_plans(
     write_json_atomic(path, transfer.plans, indent=4)
     dj = folder / "dataset.json"
     if not dj.exists():
-        dj.write_text(json.dumps(transfer.target_dataset_json, indent=4))
+        write_json_atomic(dj, transfer.target_dataset_json, indent=4)
     return path
 
 
