@@ -1,0 +1,216 @@
+"""SLURM against a real scheduler started by the tests (tests/slurm_cluster.py): submitit itself, then a campaign.
+
+The module's cluster fixture skips every test here, with the reason, where the cluster cannot start (not root, the
+Debian packages missing: ``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import submitit
+from slurm_cluster import ClusterUnavailable, SlurmCluster
+
+# the job functions below travel by value: the jobs do not import this test module
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def slurm() -> SlurmCluster:
+    """A running single-node SLURM; ``SLURM_CONF`` set in this process (submitit calls sbatch, sacct, scancel)."""
+    try:
+        cluster = SlurmCluster.start()
+    except ClusterUnavailable as exc:
+        install = os.environ.get("NNUNET_TRANSFER_SLURM_INSTALL", "")
+        pytest.skip(f"no test SLURM cluster: {exc}" + (f" (.ci/run: {install})" if install else ""))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
+    try:
+        yield cluster
+    finally:
+        patch.undo()
+        cluster.stop()
+
+
+def _executor(folder: Path, **params) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder, cluster="slurm")
+    # timeout_min >= 60: below about 50 submitit counts every interrupt as a time limit (max_num_timeout)
+    ex.update_parameters(timeout_min=60, cpus_per_task=1, **params)
+    return ex
+
+
+def _square(x: int) -> tuple[int, str, str]:
+    return x * x, os.environ["SLURM_JOB_ID"], os.environ.get("SLURM_ARRAY_TASK_ID", "")
+
+
+def _square_slowly(x: int) -> tuple[int, str, str]:
+    time.sleep(2)
+    return _square(x)
+
+
+def _sacct(job_id: str, fields: str = "JobID,State,Start,End") -> list[dict[str, str]]:
+    out = subprocess.run(["sacct", "-X", "-P", "-D", "-o", fields, "-j", job_id], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    names = out[0].split("|")
+    return [dict(zip(names, line.split("|"), strict=True)) for line in out[1:]]
+
+
+def _states(job_id: str, expected: list[str], timeout: float = 30) -> list[dict[str, str]]:
+    """sacct's rows of a job once their states are ``expected`` (the accounting database follows by a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _sacct(job_id)
+        if [row["State"] for row in rows] == expected:
+            return rows
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
+
+
+def test_cluster_runs_a_function_job(slurm, tmp_path):
+    job = _executor(tmp_path).submit(_square, 7)
+    value, job_id, _ = job.result()
+    assert value == 49
+    assert job_id == job.job_id
+    _states(job.job_id, ["COMPLETED"])
+
+
+def test_cluster_runs_an_array(slurm, tmp_path):
+    jobs = _executor(tmp_path, slurm_array_parallelism=2).map_array(_square_slowly, [1, 2, 3])
+    results = [j.result() for j in jobs]
+    assert [r[0] for r in results] == [1, 4, 9]
+    array_id = jobs[0].job_id.split("_")[0]
+    assert [j.job_id for j in jobs] == [f"{array_id}_{i}" for i in range(3)]
+    assert sorted(r[2] for r in results) == ["0", "1", "2"]
+    rows = _states(array_id, ["COMPLETED"] * 3)
+    assert sorted(row["JobID"] for row in rows) == [f"{array_id}_{i}" for i in range(3)]
+    # two CPUs, one each (DefMemPerCPU: not all of the memory each): two tasks ran at the same time
+    rows.sort(key=lambda row: row["Start"])
+    assert rows[1]["Start"] < rows[0]["End"], rows
+
+
+def _write_after(path: str, delay: float) -> float:
+    time.sleep(delay)
+    Path(path).write_text("first")
+    return time.time()
+
+
+def _read(path: str) -> tuple[str, float]:
+    return Path(path).read_text(), time.time()
+
+
+def test_cluster_honours_a_dependency(slurm, tmp_path):
+    marker = tmp_path / "marker"
+    first = _executor(tmp_path).submit(_write_after, str(marker), 3.0)
+    ex = _executor(tmp_path, slurm_additional_parameters={"dependency": f"afterok:{first.job_id}"})
+    second = ex.submit(_read, str(marker))
+    text, started = second.result()
+    assert text == "first"
+    assert started >= first.result()
+    # a dependency on a failed job never runs: SLURM keeps it pending (DependencyNeverSatisfied) or cancels it
+    failing = _executor(tmp_path).submit(_read, str(tmp_path / "missing"))
+    blocked = _executor(tmp_path, slurm_additional_parameters={"dependency": f"afterok:{failing.job_id}"}).submit(
+        _square, 2)
+    with pytest.raises(submitit.core.utils.FailedJobError):
+        failing.result()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        reason = subprocess.run(["squeue", "-h", "-j", blocked.job_id, "-o", "%r"], capture_output=True,
+                                text=True).stdout.strip()
+        if reason == "DependencyNeverSatisfied":
+            break
+        time.sleep(0.5)
+    assert reason == "DependencyNeverSatisfied"
+    blocked.cancel(check=True)
+
+
+CHILD = """\
+import os, signal, sys, time
+log, seconds = sys.argv[1], float(sys.argv[2])
+def note(line):
+    with open(log, "a") as fh:
+        fh.write(line + "\\n")
+def handler(signum, frame):
+    note(f"child got {signal.Signals(signum).name}")
+    if signum == signal.SIGUSR1:  # like the AdaptiveFT trainers: finish the step, save, exit 75
+        time.sleep(0.5)
+        note("child saved")
+        sys.exit(75)
+for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(s, handler)
+note(f"child started {os.getpid()}")
+end = time.time() + seconds
+while time.time() < end:
+    time.sleep(0.05)
+"""
+
+
+class _Resumable(submitit.helpers.Checkpointable):
+    """A job that runs a child process (like a task runs nnUNetv2_train) and on preemption asks it to save."""
+
+    def __init__(self, log: str, script: str) -> None:
+        self.log, self.script, self.runs = log, script, 0
+        self.proc: subprocess.Popen | None = None
+
+    def _note(self, line: str) -> None:
+        with open(self.log, "a") as fh:
+            fh.write(line + "\n")
+
+    def __call__(self) -> tuple[int, int]:
+        import threading
+
+        self.runs += 1
+        self._note(f"job run {self.runs} restart={os.environ.get('SLURM_RESTART_COUNT', '0')}")
+        result: dict[str, int] = {}
+
+        def child() -> None:
+            self.proc = subprocess.Popen([sys.executable, self.script, self.log, "60" if self.runs == 1 else "1"])
+            result["rc"] = self.proc.wait()
+
+        # the child is waited for in a thread: the signal handler below runs in the main thread and must be able
+        # to see the child exit (Popen.wait holds a lock the interrupted main thread would never release)
+        worker = threading.Thread(target=child, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(1.0)
+        return self.runs, result["rc"]
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        proc = self.proc
+        self._note(f"job checkpoint, child running={proc is not None and proc.poll() is None}")
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            self._note(f"job child exited {proc.wait(30)}")
+        self.proc = None
+        return super().checkpoint(*args, **kwargs)
+
+
+def test_checkpointable_job_is_requeued_after_preemption(slurm, tmp_path):
+    """``job._interrupt()``: ``scancel --signal TERM`` then ``--signal USR2`` to the job's step. Every process of the
+    step gets both, the job's own Python process and the child it started (proctrack/linuxproc, as cgroups on a real
+    cluster); submitit ignores the TERM and on USR2 calls ``checkpoint()``, then ``scontrol requeue``."""
+    log = tmp_path / "signals.log"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    job = _executor(tmp_path).submit(_Resumable(str(log), str(script)))
+    deadline = time.monotonic() + 60
+    while "child started" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"the job did not start:\n{slurm.squeue()}"
+        time.sleep(0.2)
+    job._interrupt()  # a preemption, as SLURM would deliver it
+    runs, rc = job.result()
+    lines = log.read_text().splitlines()
+    assert (runs, rc) == (2, 0), lines
+    assert lines[0] == "job run 1 restart=0"
+    first_run = lines[: lines.index("job run 2 restart=1")]
+    # the child got SLURM's signals directly, and the job's checkpoint asked it to save and waited for it
+    assert {"child got SIGTERM", "child got SIGUSR2"} <= set(first_run), lines
+    assert "job checkpoint, child running=True" in first_run
+    assert first_run[-2:] == ["child saved", "job child exited 75"], lines
+    _states(job.job_id, ["REQUEUED", "COMPLETED"])
