@@ -1,0 +1,60 @@
+"""The SLURM executor section: submitit's own parameter names, checked against submitit itself."""
+
+from __future__ import annotations
+
+import pytest
+import submitit
+from pydantic import ValidationError
+
+from nnunet_transfer.campaigns.slurm import SlurmExecutorSpec, submitit_parameters
+
+
+def _error(**section) -> str:
+    with pytest.raises(ValidationError) as info:
+        SlurmExecutorSpec.model_validate({"kind": "slurm", **section})
+    return str(info.value)
+
+
+def test_submitit_names_and_values_pass():
+    spec = SlurmExecutorSpec.model_validate({
+        "kind": "slurm", "folder": "jobs", "timeout_min": "120", "cpus_per_task": 8, "gpus_per_node": 1,
+        "mem_gb": 32, "slurm_partition": "gpu", "slurm_array_parallelism": 4, "slurm_max_num_timeout": 5,
+        "slurm_additional_parameters": {"requeue": True}, "slurm_setup": ["module load cuda"]})
+    assert spec.folder == "jobs"
+    params = spec.parameters
+    assert params["timeout_min"] == 120 and isinstance(params["timeout_min"], int)  # as AutoExecutor asserts
+    assert params["slurm_partition"] == "gpu"
+    assert params["slurm_additional_parameters"] == {"requeue": True}
+    assert "kind" not in params and "folder" not in params
+
+
+def test_a_typo_is_an_error_naming_the_key():
+    message = _error(slurm_partiton="gpu", timeout_min=60)
+    message = message.replace("\n", " ")
+    assert "slurm_partiton: not a parameter of submitit's SLURM executor (did you mean slurm_partition?)" in message
+    message = _error(walltime=60)
+    assert "walltime: not a parameter" in message and "timeout_min" in message and "partition" in message
+
+
+def test_a_wrong_type_is_an_error_naming_the_key():
+    message = _error(timeout_min="two hours")
+    assert "timeout_min: Input should be a valid integer" in message
+    assert "slurm_setup" in _error(slurm_setup="module load cuda")
+
+
+def test_names_the_campaign_sets_are_refused():
+    assert "name: set by the campaign" in _error(name="mine")
+
+
+def test_the_names_are_submitits(tmp_path):
+    """Every name we accept passes submitit's own check (AutoExecutor.update_parameters), and a typo fails both."""
+    names = submitit_parameters()
+    assert {"timeout_min", "mem_gb", "gpus_per_node", "cpus_per_task", "nodes", "tasks_per_node",
+            "slurm_partition", "slurm_array_parallelism", "slurm_additional_parameters", "slurm_qos",
+            "slurm_signal_delay_s", "slurm_max_num_timeout"} <= set(names)
+    ex = submitit.AutoExecutor(tmp_path, cluster="local")  # its check covers the slurm_ names too
+    constructor = {"slurm_max_num_timeout", "slurm_max_pickle_size_gb", "slurm_python"}
+    for name in sorted(set(names) - constructor - {"name"}):
+        ex.update_parameters(**{name: None})  # None: checked by name, not set
+    with pytest.raises(NameError):
+        ex.update_parameters(slurm_partiton="gpu")
