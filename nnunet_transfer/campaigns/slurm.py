@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -163,7 +164,7 @@ class TaskJob:
         from nnunet_transfer.campaigns.execute import TaskExecution
 
         restarts = _restart_count()
-        _job_echo(f"{self.task_id}: SLURM job {_job_id()}" + (f", run {restarts + 1} (requeued)" if restarts else ""))
+        _job_echo(f"{self.task_id}: SLURM job {_job_id()}, run {restarts + 1}" + (" (requeued)" if restarts else ""))
         self._execution = TaskExecution(self.campaign, self.task_id, echo=_job_echo)
         try:
             outcome = self._execution.run()
@@ -237,6 +238,7 @@ class _Watched:
     job: Any  # submitit SlurmJob
     shown: str = "queued"  # queued | running | ended
     runs: int = 0
+    read: int = 0  # bytes of the job's stdout already read
     outcome: Outcome | None = None
     dependents: list[_Watched] = field(default_factory=list)
 
@@ -372,28 +374,52 @@ class _SlurmRun:
 
         while any(w.shown != "ended" for w in self.watched):
             now = time.monotonic()
-            if now - self._last_sacct >= SACCT_SECONDS or self._last_sacct == 0.0:
-                SlurmJob.watcher.update()
+            if now - self._last_sacct >= SACCT_SECONDS:
+                SlurmJob.watcher.update()  # one sacct for all the jobs
                 self._last_sacct = now
             for w in self.watched:
                 if w.shown == "ended":
                     continue
+                self._news(w)
                 if w.job.paths.result_pickle.exists():
                     self._ended(w, "")
                     continue
                 state = SlurmJob.watcher.get_state(w.job.job_id, mode="cache").split(" ")[0]
-                if state == "RUNNING" and w.shown != "running":
-                    w.shown, w.runs = "running", w.runs + 1
-                    again = f" again (run {w.runs})" if w.runs > 1 else ""
-                    self.echo(f"[{w.number}/{self.total}] {w.task.label}: running{again} (SLURM job {w.job.job_id}; "
-                              f"log: {self.campaign.log_path(w.task)})")
-                elif state in ("REQUEUED", "PENDING", "PREEMPTED") and w.shown == "running":
-                    w.shown = "queued"
-                    self.echo(f"[{w.number}/{self.total}] {w.task.label}: preempted or at its time limit: requeued "
-                              f"(SLURM job {w.job.job_id}); it continues from its checkpoint")
-                elif state in ENDED:
+                if state in ENDED:
                     self._ended(w, state)
             time.sleep(POLL_SECONDS)
+
+    def _news(self, w: _Watched) -> None:
+        """Show what the job says in its output (:class:`TaskJob`'s lines): a run starts, a preemption is saved."""
+        path = w.job.paths.stdout
+        try:
+            if path.stat().st_size <= w.read:
+                return
+            with open(path, "rb") as f:
+                f.seek(w.read)
+                chunk = f.read()
+        except OSError:
+            return
+        end = chunk.rfind(b"\n") + 1  # whole lines only
+        w.read += end
+        head = f"[{w.number}/{self.total}] {w.task.label}"
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            if not line.startswith(f"{w.task.id}: "):
+                continue
+            text = line[len(w.task.id) + 2:]
+            if m := re.match(r"SLURM job \S+, run (\d+)", text):
+                w.shown, w.runs = "running", int(m.group(1))
+                again = f" again (run {w.runs}, requeued)" if w.runs > 1 else ""
+                self.echo(f"{head}: running{again} (SLURM job {w.job.job_id}; log: "
+                          f"{self.campaign.log_path(w.task)})")
+            elif text.startswith("preempted or near the time limit"):
+                self.echo(f"{head}: preempted or at its time limit (SLURM job {w.job.job_id}): the training saves "
+                          "a checkpoint at the end of its epoch")
+            elif "requeued" in text:
+                w.shown = "queued"
+                saved = text.startswith("checkpoint written")
+                self.echo(f"{head}: requeued (SLURM job {w.job.job_id}); it continues from "
+                          + ("the checkpoint it just wrote" if saved else "its last checkpoint"))
 
     def _ended(self, w: _Watched, state: str) -> None:
         from nnunet_transfer.campaigns.execute import Outcome

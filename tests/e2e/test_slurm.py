@@ -7,15 +7,19 @@ Debian packages missing: ``.ci/run`` installs them).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import cloudpickle
 import pytest
 import submitit
+import yaml
+from helpers import bin_path, nnunet_env
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 # the job functions below travel by value: the jobs do not import this test module
@@ -214,3 +218,119 @@ def test_checkpointable_job_is_requeued_after_preemption(slurm, tmp_path):
     assert "job checkpoint, child running=True" in first_run
     assert first_run[-2:] == ["child saved", "job child exited 75"], lines
     _states(job.job_id, ["REQUEUED", "COMPLETED"])
+
+
+# --- a campaign on SLURM ------------------------------------------------------------------------------------------
+EPOCHS = 4
+RECIPE = {"name": "slurm_tiny", "num_epochs": EPOCHS, "iterations_per_epoch": 3, "val_iterations_per_epoch": 1}
+TARGET = "Dataset904_SlurmTgt"
+TRAINER = "nnUNetTrainerAdaptiveFT"
+
+
+class _Output:
+    """A subprocess's output lines as they come (read by a thread)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _epochs(log: Path) -> list[int]:
+    """The epochs a training log of nnU-Net shows (``Epoch N`` at the start of each)."""
+    return [int(m) for m in re.findall(r": Epoch (\d+)\s*$", log.read_text(), flags=re.M)]
+
+
+def _wait(predicate, timeout: float, what: str, output: _Output, proc: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what}: not seen (campaign run exit {proc.poll()}):\n{output.text()}")
+        time.sleep(0.2)
+
+
+def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path):
+    """``nnunet-transfer campaign run`` with ``executor: {kind: slurm}``: a prepare job, then an array of 2 folds
+    after it; fold 0 is preempted in its second epoch as SLURM does it (``scancel --signal TERM``, then ``USR2``, as
+    submitit's ``job._interrupt()``); the job passes it on to the training, which saves at the end of the epoch and
+    exits; the job is requeued and the fold continues from the next epoch (not from 0); the campaign ends done."""
+    from nnunet_transfer.demo.synthetic import make_dataset
+
+    make_dataset(tmp_path / "raw", 904, "SlurmTgt", num_cases=5, shape=(32, 32, 32), spacing=(1, 1, 1), seed=7)
+    (tmp_path / "preprocessed").mkdir()
+    (tmp_path / "results").mkdir()
+    recipe = tmp_path / "slurm_tiny.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(yaml.safe_dump({
+        "name": "on-slurm",
+        "pretrained": str(workspace.checkpoint),
+        "trainer": TRAINER,
+        "recipe": recipe.name,
+        "plans": "own",
+        "configurations": ["3d_fullres"],
+        "folds": [0, 1],
+        "targets": [{"dataset": 904}],
+        # timeout_min >= 60: below about 50, submitit counts every preemption as a time limit
+        "executor": {"kind": "slurm", "timeout_min": 60, "cpus_per_task": 1, "mem_gb": 4,
+                     "slurm_array_parallelism": 2},
+        "device": "cpu",
+    }, sort_keys=False))
+    env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
+    proc = subprocess.Popen([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = _Output(proc)
+    workdir = tmp_path / "on-slurm.campaign"
+    fold0 = f"{TARGET}/3d_fullres/finetune/fold_0"
+    task_log = workdir / "logs" / f"{fold0.replace('/', '.')}.log"
+    try:
+        job_id = _wait(lambda: next((m.group(1) for line in output.lines
+                                     if (m := re.search(r"finetune fold 0: submitted as SLURM job (\S+)", line))),
+                                    None), 60, "fold 0 submitted", output, proc)
+        assert "_" in job_id, "the folds are one array job"
+        # preempt fold 0 while it trains its second epoch (its log shows epoch 1)
+        _wait(lambda: task_log.is_file() and re.search(r": Epoch 1\s*$", task_log.read_text(), flags=re.M),
+              240, "fold 0 training epoch 1", output, proc)
+        for sig in ("SIGTERM", "USR2"):  # what submitit's job._interrupt() sends: a preemption
+            subprocess.run(["scancel", job_id, "--signal", sig], env=env, check=True)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = output.text()
+    assert code == 0, text
+    # fold 0's lines, in order: submitted, running, preempted, requeued (with its checkpoint), running again, done
+    events = [line.split("finetune fold 0: ", 1)[1] for line in text.splitlines() if "finetune fold 0: " in line]
+    expected = ["submitted as SLURM job", "running (SLURM job", "preempted or at its time limit",
+                "requeued (SLURM job", "running again (run 2, requeued)", "done in"]
+    assert [next((e for e in expected if line.startswith(e)), line) for line in events] == expected, events
+    assert "the checkpoint it just wrote" in events[3], events
+    assert re.search(r"prepare: done", text) and len(re.findall(r"finetune fold \d: done in", text)) == 2, text
+    assert "2 done" in text.splitlines()[-1] or "3 done" in text.splitlines()[-1], text
+
+    results = tmp_path / "results" / TARGET / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    for fold in (0, 1):
+        assert (results / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+        assert (results / f"fold_{fold}" / "validation" / "summary.json").is_file()
+    # fold 0: two runs; the second began where the first stopped (continued, not restarted), every epoch once
+    runs = [_epochs(log) for log in sorted((results / "fold_0").glob("training_log_*.txt"))]
+    assert len(runs) == 2, runs
+    first, second = runs
+    assert first[0] == 0 and second[0] == first[-1] + 1 > 0, runs
+    assert first + second == list(range(EPOCHS)), runs
+    # fold 1 was not disturbed
+    assert [_epochs(log) for log in (results / "fold_1").glob("training_log_*.txt")] == [list(range(EPOCHS))]
+    # the job ran twice (requeued) and the task log shows the checkpoint the training wrote on the way
+    assert [row["State"] for row in _sacct(job_id)] == ["REQUEUED", "COMPLETED"]
+    log_text = task_log.read_text()
+    assert "--c" in log_text, log_text[-3000:]
