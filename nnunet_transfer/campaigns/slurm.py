@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import json
 import re
 import subprocess
 import time
@@ -52,6 +53,33 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 
 class SlurmError(TransferError):
     """SLURM cannot be used here (no ``sbatch``/``srun``), or a submission failed."""
+
+
+class PrepareFailed(RuntimeError):
+    """Raised by a prepare job whose task did not end done: SLURM counts the job FAILED, so that its folds' array
+    job (``afterok``) never starts. The message is the task's outcome as JSON (read back by the waiting run)."""
+
+    MARK = "PrepareFailed: "
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> PrepareFailed:
+        return cls(json.dumps({"status": outcome.status, "message": outcome.message,
+                               "log": str(outcome.log) if outcome.log else None, "elapsed": outcome.elapsed}))
+
+    @classmethod
+    def outcome(cls, task_id: str, text: str) -> Outcome | None:
+        """The outcome in a job's error text, or None."""
+        from nnunet_transfer.campaigns.execute import Outcome
+
+        line = next((ln for ln in reversed(text.splitlines()) if cls.MARK in ln), None)
+        if line is None:
+            return None
+        try:
+            d = json.loads(line.split(cls.MARK, 1)[1])
+            return Outcome(task_id, d["status"], d["message"], Path(d["log"]) if d["log"] else None,
+                           float(d["elapsed"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 # --- the executor section ------------------------------------------------------------------------------------------
@@ -171,6 +199,8 @@ class TaskJob:
         finally:
             self._execution = None
         _job_echo(f"{self.task_id}: {outcome.status}: {outcome.message}")
+        if self.task_id.endswith("/prepare") and outcome.status not in ("done", "skipped"):
+            raise PrepareFailed.of(outcome)
         return outcome
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -429,9 +459,9 @@ class _SlurmRun:
             if not isinstance(outcome, Outcome):
                 raise TypeError(f"the job returned {outcome!r}")
         except Exception as e:  # the job died (cancelled, out of memory, node failure) or raised
-            why = f"SLURM job {w.job.job_id} ended {state or 'without a result'}: {_job_error(e)}"
-            outcome = Outcome(w.task.id, "failed", f"{why} (job log: {w.job.paths.stderr})",
-                              self.campaign.log_path(w.task), 0.0)
+            outcome = PrepareFailed.outcome(w.task.id, str(e)) or Outcome(
+                w.task.id, "failed", f"SLURM job {w.job.job_id} ended {state or 'without a result'}: {_job_error(e)} "
+                f"(job log: {w.job.paths.stderr})", self.campaign.log_path(w.task), 0.0)
         self._finish(w, outcome)
         if outcome.status not in ("done", "skipped"):
             for d in w.dependents:  # a failed prepare: its folds never start (afterok), cancel them

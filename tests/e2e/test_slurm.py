@@ -259,64 +259,100 @@ def _wait(predicate, timeout: float, what: str, output: _Output, proc: subproces
         time.sleep(0.2)
 
 
-def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path):
-    """``nnunet-transfer campaign run`` with ``executor: {kind: slurm}``: a prepare job, then an array of 2 folds
-    after it; fold 0 is preempted in its second epoch as SLURM does it (``scancel --signal TERM``, then ``USR2``, as
-    submitit's ``job._interrupt()``); the job passes it on to the training, which saves at the end of the epoch and
-    exits; the job is requeued and the fold continues from the next epoch (not from 0); the campaign ends done."""
-    from nnunet_transfer.demo.synthetic import make_dataset
-
-    make_dataset(tmp_path / "raw", 904, "SlurmTgt", num_cases=5, shape=(32, 32, 32), spacing=(1, 1, 1), seed=7)
-    (tmp_path / "preprocessed").mkdir()
-    (tmp_path / "results").mkdir()
+def _campaign(tmp_path: Path, workspace, targets: list[dict], name: str) -> Path:
     recipe = tmp_path / "slurm_tiny.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    campaign = tmp_path / "campaign.yaml"
-    campaign.write_text(yaml.safe_dump({
-        "name": "on-slurm",
+    (tmp_path / "preprocessed").mkdir(exist_ok=True)
+    (tmp_path / "results").mkdir(exist_ok=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name,
         "pretrained": str(workspace.checkpoint),
         "trainer": TRAINER,
         "recipe": recipe.name,
         "plans": "own",
         "configurations": ["3d_fullres"],
         "folds": [0, 1],
-        "targets": [{"dataset": 904}],
+        "targets": targets,
         # timeout_min >= 60: below about 50, submitit counts every preemption as a time limit
         "executor": {"kind": "slurm", "timeout_min": 60, "cpus_per_task": 1, "mem_gb": 4,
                      "slurm_array_parallelism": 2},
         "device": "cpu",
     }, sort_keys=False))
-    env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
+    return path
+
+
+def _start(campaign: Path, env: dict[str, str]) -> tuple[subprocess.Popen, _Output]:
     proc = subprocess.Popen([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = _Output(proc)
-    workdir = tmp_path / "on-slurm.campaign"
+    return proc, _Output(proc)
+
+
+def _submitted(lines: list[str]) -> dict[str, str]:
+    """label -> SLURM job id, from the ``submitted as`` / ``already in the queue as`` lines."""
+    found = {}
+    for line in lines:
+        if m := re.search(r"\] (.+): (?:submitted as|already in the queue as) SLURM job (\S+)", line):
+            found[m.group(1)] = m.group(2)
+    return found
+
+
+def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path):
+    """``nnunet-transfer campaign run`` with ``executor: {kind: slurm}``: a prepare job, then an array of 2 folds
+    after it. Ctrl-C stops waiting (the jobs keep running); a second ``campaign run`` waits for the same jobs instead
+    of submitting them again. Fold 0 is preempted in its second epoch as SLURM does it (``scancel --signal TERM``,
+    then ``USR2``, as submitit's ``job._interrupt()``); the job passes it on to the training, which saves at the end
+    of the epoch and exits; the job is requeued and the fold continues from the next epoch (not from 0)."""
+    from nnunet_transfer.demo.synthetic import make_dataset
+
+    make_dataset(tmp_path / "raw", 904, "SlurmTgt", num_cases=5, shape=(32, 32, 32), spacing=(1, 1, 1), seed=7)
+    campaign = _campaign(tmp_path, workspace, [{"dataset": 904}], "on-slurm")
+    env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
     fold0 = f"{TARGET}/3d_fullres/finetune/fold_0"
-    task_log = workdir / "logs" / f"{fold0.replace('/', '.')}.log"
+    task_log = tmp_path / "on-slurm.campaign" / "logs" / f"{fold0.replace('/', '.')}.log"
+    labels = [f"{TARGET} nnUNetPlans prepare", f"{TARGET} 3d_fullres finetune fold 0",
+              f"{TARGET} 3d_fullres finetune fold 1"]
+
+    # the first run submits, then Ctrl-C: it stops waiting, the jobs keep running
+    proc, output = _start(campaign, env)
     try:
-        job_id = _wait(lambda: next((m.group(1) for line in output.lines
-                                     if (m := re.search(r"finetune fold 0: submitted as SLURM job (\S+)", line))),
-                                    None), 60, "fold 0 submitted", output, proc)
-        assert "_" in job_id, "the folds are one array job"
+        jobs = _wait(lambda: len(_submitted(output.lines)) == 3 and _submitted(output.lines), 60, "3 submissions", output, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 75, output.text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sorted(jobs) == sorted(labels), jobs
+    prepare_job, fold0_job, fold1_job = (jobs[label] for label in labels)
+    assert fold0_job.split("_")[0] == fold1_job.split("_")[0] != prepare_job, "the folds are one array job"
+    assert "stopped waiting; 3 tasks keep running on SLURM" in output.text(), output.text()
+    assert f"campaign status {campaign}" in output.text()
+
+    # the second run finds them in the queue and waits for them
+    proc, output = _start(campaign, env)
+    try:
+        again = _wait(lambda: len(_submitted(output.lines)) == 3 and _submitted(output.lines), 60, "3 jobs found", output, proc)
+        assert again == jobs, output.text()
+        assert sum("already in the queue as SLURM job" in line for line in output.lines) == 3, output.text()
         # preempt fold 0 while it trains its second epoch (its log shows epoch 1)
         _wait(lambda: task_log.is_file() and re.search(r": Epoch 1\s*$", task_log.read_text(), flags=re.M),
               240, "fold 0 training epoch 1", output, proc)
         for sig in ("SIGTERM", "USR2"):  # what submitit's job._interrupt() sends: a preemption
-            subprocess.run(["scancel", job_id, "--signal", sig], env=env, check=True)
+            subprocess.run(["scancel", fold0_job, "--signal", sig], env=env, check=True)
         code = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     text = output.text()
     assert code == 0, text
-    # fold 0's lines, in order: submitted, running, preempted, requeued (with its checkpoint), running again, done
+    # fold 0's lines, in order: found, running, preempted, requeued (with its checkpoint), running again, done
     events = [line.split("finetune fold 0: ", 1)[1] for line in text.splitlines() if "finetune fold 0: " in line]
-    expected = ["submitted as SLURM job", "running (SLURM job", "preempted or at its time limit",
+    expected = ["already in the queue as SLURM job", "running (SLURM job", "preempted or at its time limit",
                 "requeued (SLURM job", "running again (run 2, requeued)", "done in"]
     assert [next((e for e in expected if line.startswith(e)), line) for line in events] == expected, events
     assert "the checkpoint it just wrote" in events[3], events
     assert re.search(r"prepare: done", text) and len(re.findall(r"finetune fold \d: done in", text)) == 2, text
-    assert "2 done" in text.splitlines()[-1] or "3 done" in text.splitlines()[-1], text
+    assert re.search(r"campaign on-slurm: 3 tasks in \S+ on SLURM: 3 done$", text.splitlines()[-1]), text
 
     results = tmp_path / "results" / TARGET / f"{TRAINER}__nnUNetPlans__3d_fullres"
     for fold in (0, 1):
@@ -330,7 +366,38 @@ def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path
     assert first + second == list(range(EPOCHS)), runs
     # fold 1 was not disturbed
     assert [_epochs(log) for log in (results / "fold_1").glob("training_log_*.txt")] == [list(range(EPOCHS))]
-    # the job ran twice (requeued) and the task log shows the checkpoint the training wrote on the way
-    assert [row["State"] for row in _sacct(job_id)] == ["REQUEUED", "COMPLETED"]
-    log_text = task_log.read_text()
-    assert "--c" in log_text, log_text[-3000:]
+    # the job ran twice (requeued); the second run of the task was nnUNetv2_train --c
+    assert [row["State"] for row in _sacct(fold0_job)] == ["REQUEUED", "COMPLETED"]
+    commands = [line for line in task_log.read_text().splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and "--c" not in commands[0] and commands[1].split()[-3:] == ["--c", "-device", "cpu"], \
+        commands
+
+
+def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, workspace, tmp_path):
+    """A target whose raw data is broken: its prepare job fails, its folds' array job is cancelled (never runs),
+    they are reported blocked, and the exit status says it (1)."""
+    from nnunet_transfer.demo.synthetic import make_dataset
+
+    raw = make_dataset(tmp_path / "raw", 905, "Broken", num_cases=5, shape=(16, 16, 16), seed=8)
+    missing = sorted((raw / "labelsTr").iterdir())[0]
+    missing.unlink()
+    campaign = _campaign(tmp_path, workspace, [{"dataset": 905}], "broken")
+    env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
+    proc = subprocess.run([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    assert re.search(r"Dataset905_Broken nnUNetPlans prepare: failed after \S+: nnUNetv2_plan_and_preprocess exited "
+                     r"with status \d+: .+\(log: \S+prepare\.log\)", text), text
+    blocked = re.findall(r"finetune fold (\d): blocked \(its prepare step failed", text)
+    assert sorted(blocked) == ["0", "1"], text
+    assert "1 failed, 2 blocked" in text, text
+    jobs = _submitted(text.splitlines())
+    # SLURM saw the prepare job fail; the folds never ran: cancelled while they waited for it
+    _states(jobs["Dataset905_Broken nnUNetPlans prepare"], ["FAILED"])
+    array = jobs["Dataset905_Broken 3d_fullres finetune fold 0"].split("_")[0]
+    deadline = time.monotonic() + 30
+    while {row["State"] for row in _sacct(array)} != {"CANCELLED"}:
+        assert time.monotonic() < deadline, _sacct(array)
+        time.sleep(0.5)
+    assert not (tmp_path / "results" / "Dataset905_Broken").exists()
