@@ -259,7 +259,7 @@ def _wait(predicate, timeout: float, what: str, output: _Output, proc: subproces
         time.sleep(0.2)
 
 
-def _campaign(tmp_path: Path, workspace, targets: list[dict], name: str) -> Path:
+def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str) -> Path:
     recipe = tmp_path / "slurm_tiny.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     (tmp_path / "preprocessed").mkdir(exist_ok=True)
@@ -267,7 +267,7 @@ def _campaign(tmp_path: Path, workspace, targets: list[dict], name: str) -> Path
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name,
-        "pretrained": str(workspace.checkpoint),
+        "pretrained": str(pretrained),
         "trainer": TRAINER,
         "recipe": recipe.name,
         "plans": "own",
@@ -306,7 +306,7 @@ def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path
     from nnunet_transfer.demo.synthetic import make_dataset
 
     make_dataset(tmp_path / "raw", 904, "SlurmTgt", num_cases=5, shape=(32, 32, 32), spacing=(1, 1, 1), seed=7)
-    campaign = _campaign(tmp_path, workspace, [{"dataset": 904}], "on-slurm")
+    campaign = _campaign(tmp_path, workspace.checkpoint, [{"dataset": 904}], "on-slurm")
     env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
     fold0 = f"{TARGET}/3d_fullres/finetune/fold_0"
     task_log = tmp_path / "on-slurm.campaign" / "logs" / f"{fold0.replace('/', '.')}.log"
@@ -373,7 +373,7 @@ def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path
         commands
 
 
-def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, workspace, tmp_path):
+def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, tmp_path):
     """A target whose raw data is broken: its prepare job fails, its folds' array job is cancelled (never runs),
     they are reported blocked, and the exit status says it (1)."""
     from nnunet_transfer.demo.synthetic import make_dataset
@@ -381,7 +381,9 @@ def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, workspace, t
     raw = make_dataset(tmp_path / "raw", 905, "Broken", num_cases=5, shape=(16, 16, 16), seed=8)
     missing = sorted((raw / "labelsTr").iterdir())[0]
     missing.unlink()
-    campaign = _campaign(tmp_path, workspace, [{"dataset": 905}], "broken")
+    pretrained = tmp_path / "pretrained.pth"
+    pretrained.write_bytes(b"not read: the prepare step fails first")
+    campaign = _campaign(tmp_path, pretrained, [{"dataset": 905}], "broken")
     env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
     proc = subprocess.run([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -397,7 +399,11 @@ def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, workspace, t
     _states(jobs["Dataset905_Broken nnUNetPlans prepare"], ["FAILED"])
     array = jobs["Dataset905_Broken 3d_fullres finetune fold 0"].split("_")[0]
     deadline = time.monotonic() + 30
-    while {row["State"] for row in _sacct(array)} != {"CANCELLED"}:
-        assert time.monotonic() < deadline, _sacct(array)
+    rows = _sacct(array)
+    while not all(row["State"].startswith("CANCELLED") for row in rows):
+        assert time.monotonic() < deadline, rows
         time.sleep(0.5)
+        rows = _sacct(array)
+    # never started: no output of the array's jobs in submitit's folder
+    assert not list((tmp_path / "broken.campaign" / "slurm").glob(f"{array}_*_log.*"))
     assert not (tmp_path / "results" / "Dataset905_Broken").exists()
