@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import RECIPES, build_trainer
+from helpers import RECIPES, build_trainer, make_dataset_json, make_plans, trainer_folders
 
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE, GracefulStop
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR
@@ -382,3 +382,60 @@ def test_handlers_are_removed_when_training_fails_to_start(tmp_path, monkeypatch
         trainer.on_train_start()
     assert not trainer._graceful.installed
     assert all(signal.getsignal(s) is signal.SIG_DFL for s in SIGNALS)
+
+
+def _ddp_rank(rank: int, world: int, store: str, env: dict, signalled: int, out: str) -> None:
+    """One rank of a CPU process group: epoch 0, then a stop signal to rank ``signalled`` only during epoch 1."""
+    import json
+
+    import torch.distributed as dist
+
+    from nnunet_transfer.trainers.adaptive_ft import nnUNetTrainerAdaptiveFT
+
+    os.environ.update(env)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    result: dict = {"code": None}
+    try:
+        plans = make_plans()
+        plans["continue_training"] = False
+        trainer = nnUNetTrainerAdaptiveFT(plans, "3d_fullres", 0, make_dataset_json(), torch.device("cpu"))
+        trainer.initialize()
+        assert trainer._graceful.install()
+        try:
+            _epoch(trainer)
+            if rank == signalled:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            while trainer.current_epoch < trainer.num_epochs:
+                _epoch(trainer)
+        except SystemExit as e:
+            result["code"] = e.code
+        result["epoch"] = trainer.current_epoch
+    finally:
+        Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+        dist.destroy_process_group()
+
+
+def test_every_rank_stops_at_the_epoch_one_rank_was_signalled_in(tmp_path):
+    """Under DDP a stop signal may reach one rank only: all of them leave at the end of the same epoch, after rank
+    0 wrote the checkpoint."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    env = {**trainer_folders(tmp_path, make_plans()), RECIPE_ENV_VAR: str(RECIPES / "preempt.yaml"),
+           "OMP_NUM_THREADS": "1"}
+    ctx = mp.start_processes(_ddp_rank, args=(2, str(tmp_path / "store"), env, 1, str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + 120  # without the agreement, the rank that goes on waits for the other forever
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the ranks did not finish")
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert results == [{"code": PREEMPTED_EXIT_CODE, "epoch": 2}] * 2
+    fold = tmp_path / "results" / "Dataset990_Unit" / "nnUNetTrainerAdaptiveFT__nnUNetPlans__3d_fullres" / "fold_0"
+    assert torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"] == 2
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "Training stopped on a stop request of another rank at the end of epoch 1" in log  # rank 0 logs
+    assert "-num_gpus 2 --c" in log
