@@ -22,6 +22,7 @@ import inspect
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,12 +44,17 @@ Echo = Callable[[str], None]
 #: keys the campaign sets itself on every job
 RESERVED = {"name": "jobs are named after the campaign and target", "slurm_job_name": "jobs are named after the "
             "campaign and target"}
-#: seconds between looks at the jobs' result files; sacct is asked at most every SACCT_SECONDS
+#: seconds between looks at the jobs' output and result files; sacct is asked every SACCT_SECONDS, and at most
+#: every SACCT_MIN_SECONDS when a result file appears
 POLL_SECONDS = 1.0
 SACCT_SECONDS = 15.0
+SACCT_MIN_SECONDS = 2.0
 #: sacct states after which a job runs no more (a requeued job goes back to PENDING)
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "REVOKED"}
+#: sacct states of a job that runs or will run again: a result file seen then is from an earlier run
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING",
+          "PREEMPTED"}
 
 
 class SlurmError(TransferError):
@@ -199,6 +205,12 @@ class TaskJob:
         finally:
             self._execution = None
         _job_echo(f"{self.task_id}: {outcome.status}: {outcome.message}")
+        if outcome.status == "preempted" and _requeue_self():
+            # the training stopped on a signal that did not come through submitit (SIGTERM of a preemption with
+            # PreemptMode=REQUEUE, scontrol requeue...): like submitit, requeue and leave no result
+            _job_echo(f"{self.task_id}: checkpoint written (the training stopped on a signal); requeued, it continues "
+                      "with --c")
+            sys.exit(-1)
         if self.task_id.endswith("/prepare") and outcome.status not in ("done", "skipped"):
             raise PrepareFailed.of(outcome)
         return outcome
@@ -240,6 +252,26 @@ def __getattr__(name: str) -> Any:
     if name == "CheckpointableTaskJob":
         return _job_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _requeue_self() -> bool:
+    """``scontrol requeue`` this job (as submitit does after a checkpoint); False when SLURM refuses (the job is
+    cancelled: then it ends with its outcome). Submitit's preemption signal is ignored from now on: this run only
+    ends."""
+    import os
+    import signal
+
+    from submitit.core.job_environment import JobEnvironment
+
+    signal.signal(JobEnvironment._usr_sig(), signal.SIG_IGN)
+    job = _job_id()
+    if job == "?" or not os.environ.get("SLURM_JOB_ID"):
+        return False
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
 
 
 def _restart_count() -> int:
@@ -287,7 +319,7 @@ class _SlurmRun:
         self.watched: list[_Watched] = []
         self.total = len(campaign.tasks)
         self.finished = 0
-        self._last_sacct = 0.0
+        self._last_sacct = float("-inf")
 
     # --- submission ---------------------------------------------------------------------------------------------
     def _executor(self, name: str, dependency: str | None) -> Any:
@@ -400,24 +432,37 @@ class _SlurmRun:
 
     # --- waiting ------------------------------------------------------------------------------------------------
     def wait(self) -> None:
-        from submitit.slurm.slurm import SlurmJob
-
         while any(w.shown != "ended" for w in self.watched):
-            now = time.monotonic()
-            if now - self._last_sacct >= SACCT_SECONDS:
-                SlurmJob.watcher.update()  # one sacct for all the jobs
-                self._last_sacct = now
+            self._sacct(SACCT_SECONDS)
             for w in self.watched:
                 if w.shown == "ended":
                     continue
                 self._news(w)
+                state = self._state(w)
                 if w.job.paths.result_pickle.exists():
-                    self._ended(w, "")
-                    continue
-                state = SlurmJob.watcher.get_state(w.job.job_id, mode="cache").split(" ")[0]
-                if state in ENDED:
+                    # the result of this run, unless SLURM runs the job again (requeued after that result)
+                    if state in ACTIVE:
+                        self._sacct(SACCT_MIN_SECONDS)
+                        state = self._state(w)
+                    if state not in ACTIVE:
+                        self._ended(w, state)
+                elif state in ENDED:
                     self._ended(w, state)
             time.sleep(POLL_SECONDS)
+
+    def _sacct(self, interval: float) -> None:
+        """Ask sacct about every job at once if the last time was ``interval`` seconds ago or more."""
+        from submitit.slurm.slurm import SlurmJob
+
+        now = time.monotonic()
+        if now - self._last_sacct >= interval:
+            SlurmJob.watcher.update()
+            self._last_sacct = now
+
+    def _state(self, w: _Watched) -> str:
+        from submitit.slurm.slurm import SlurmJob
+
+        return SlurmJob.watcher.get_state(w.job.job_id, mode="cache").split(" ")[0]
 
     def _news(self, w: _Watched) -> None:
         """Show what the job says in its output (:class:`TaskJob`'s lines): a run starts, a preemption is saved."""
@@ -445,6 +490,8 @@ class _SlurmRun:
             elif text.startswith("preempted or near the time limit"):
                 self.echo(f"{head}: preempted or at its time limit (SLURM job {w.job.job_id}): the training saves "
                           "a checkpoint at the end of its epoch")
+            elif text.startswith("preempted: "):  # the training stopped on a signal SLURM sent it directly
+                self.echo(f"{head}: preempted (SLURM job {w.job.job_id}): {text.removeprefix('preempted: ')}")
             elif "requeued" in text:
                 w.shown = "queued"
                 saved = text.startswith("checkpoint written")

@@ -300,16 +300,14 @@ def _submitted(lines: list[str]) -> dict[str, str]:
 def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path):
     """``nnunet-transfer campaign run`` with ``executor: {kind: slurm}``: a prepare job, then an array of 2 folds
     after it. Ctrl-C stops waiting (the jobs keep running); a second ``campaign run`` waits for the same jobs instead
-    of submitting them again. Fold 0 is preempted in its second epoch as SLURM does it (``scancel --signal TERM``,
-    then ``USR2``, as submitit's ``job._interrupt()``); the job passes it on to the training, which saves at the end
-    of the epoch and exits; the job is requeued and the fold continues from the next epoch (not from 0)."""
+    of submitting them again. Both folds are preempted in their second epoch: the training saves at the end of the
+    epoch and exits, the job is requeued and the fold continues from the next epoch (not from 0)."""
     from nnunet_transfer.demo.synthetic import make_dataset
 
     make_dataset(tmp_path / "raw", 904, "SlurmTgt", num_cases=5, shape=(32, 32, 32), spacing=(1, 1, 1), seed=7)
     campaign = _campaign(tmp_path, workspace.checkpoint, [{"dataset": 904}], "on-slurm")
     env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
-    fold0 = f"{TARGET}/3d_fullres/finetune/fold_0"
-    task_log = tmp_path / "on-slurm.campaign" / "logs" / f"{fold0.replace('/', '.')}.log"
+    logs = [tmp_path / "on-slurm.campaign" / "logs" / f"{TARGET}.3d_fullres.finetune.fold_{f}.log" for f in (0, 1)]
     labels = [f"{TARGET} nnUNetPlans prepare", f"{TARGET} 3d_fullres finetune fold 0",
               f"{TARGET} 3d_fullres finetune fold 1"]
 
@@ -334,43 +332,51 @@ def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path
         again = _wait(lambda: len(_submitted(output.lines)) == 3 and _submitted(output.lines), 60, "3 jobs found", output, proc)
         assert again == jobs, output.text()
         assert sum("already in the queue as SLURM job" in line for line in output.lines) == 3, output.text()
-        # preempt fold 0 while it trains its second epoch (its log shows epoch 1)
-        _wait(lambda: task_log.is_file() and re.search(r": Epoch 1\s*$", task_log.read_text(), flags=re.M),
-              240, "fold 0 training epoch 1", output, proc)
-        for sig in ("SIGTERM", "USR2"):  # what submitit's job._interrupt() sends: a preemption
-            subprocess.run(["scancel", fold0_job, "--signal", sig], env=env, check=True)
+        # preempt both folds while they train their second epoch (their logs show epoch 1): fold 0 as submitit's
+        # job._interrupt() does (SIGTERM, then USR2: the job's checkpoint() stops the training and requeues);
+        # fold 1 with SIGTERM only, as a preemption that does not go through submitit (the training stops on it,
+        # the job requeues itself)
+        for log, job, signals in ((logs[0], fold0_job, ("SIGTERM", "USR2")), (logs[1], fold1_job, ("SIGTERM",))):
+            _wait(lambda log=log: log.is_file() and re.search(r": Epoch 1\s*$", log.read_text(), flags=re.M),
+                  240, f"{log.name}: epoch 1", output, proc)
+            for sig in signals:
+                subprocess.run(["scancel", job, "--signal", sig], env=env, check=True)
         code = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     text = output.text()
     assert code == 0, text
-    # fold 0's lines, in order: found, running, preempted, requeued (with its checkpoint), running again, done
-    events = [line.split("finetune fold 0: ", 1)[1] for line in text.splitlines() if "finetune fold 0: " in line]
-    expected = ["already in the queue as SLURM job", "running (SLURM job", "preempted or at its time limit",
-                "requeued (SLURM job", "running again (run 2, requeued)", "done in"]
-    assert [next((e for e in expected if line.startswith(e)), line) for line in events] == expected, events
-    assert "the checkpoint it just wrote" in events[3], events
+    # each fold's lines, in order: found, running, preempted, requeued (with its checkpoint), running again, done
+    expected = {
+        0: ["already in the queue as SLURM job", "running (SLURM job", "preempted or at its time limit",
+            "requeued (SLURM job", "running again (run 2, requeued)", "done in"],
+        1: ["already in the queue as SLURM job", "running (SLURM job", "preempted (SLURM job", "requeued (SLURM job",
+            "running again (run 2, requeued)", "done in"]}
+    for fold, steps in expected.items():
+        events = [line.split(f"finetune fold {fold}: ", 1)[1] for line in text.splitlines()
+                  if f"finetune fold {fold}: " in line]
+        assert [next((e for e in steps if line.startswith(e)), line) for line in events] == steps, events
+        assert "the checkpoint it just wrote" in events[3], events
     assert re.search(r"prepare: done", text) and len(re.findall(r"finetune fold \d: done in", text)) == 2, text
     assert re.search(r"campaign on-slurm: 3 tasks in \S+ on SLURM: 3 done$", text.splitlines()[-1]), text
 
     results = tmp_path / "results" / TARGET / f"{TRAINER}__nnUNetPlans__3d_fullres"
-    for fold in (0, 1):
-        assert (results / f"fold_{fold}" / "checkpoint_final.pth").is_file()
-        assert (results / f"fold_{fold}" / "validation" / "summary.json").is_file()
-    # fold 0: two runs; the second began where the first stopped (continued, not restarted), every epoch once
-    runs = [_epochs(log) for log in sorted((results / "fold_0").glob("training_log_*.txt"))]
-    assert len(runs) == 2, runs
-    first, second = runs
-    assert first[0] == 0 and second[0] == first[-1] + 1 > 0, runs
-    assert first + second == list(range(EPOCHS)), runs
-    # fold 1 was not disturbed
-    assert [_epochs(log) for log in (results / "fold_1").glob("training_log_*.txt")] == [list(range(EPOCHS))]
-    # the job ran twice (requeued); the second run of the task was nnUNetv2_train --c
-    assert [row["State"] for row in _sacct(fold0_job)] == ["REQUEUED", "COMPLETED"]
-    commands = [line for line in task_log.read_text().splitlines() if line.startswith("$ ")]
-    assert len(commands) == 2 and "--c" not in commands[0] and commands[1].split()[-3:] == ["--c", "-device", "cpu"], \
-        commands
+    for fold, job in ((0, fold0_job), (1, fold1_job)):
+        fold_dir = results / f"fold_{fold}"
+        assert (fold_dir / "checkpoint_final.pth").is_file()
+        assert (fold_dir / "validation" / "summary.json").is_file()
+        # two runs; the second began where the first stopped (continued, not restarted), every epoch once
+        runs = [_epochs(log) for log in sorted(fold_dir.glob("training_log_*.txt"))]
+        assert len(runs) == 2, runs
+        first, second = runs
+        assert first[0] == 0 and second[0] == first[-1] + 1 > 0, runs
+        assert first + second == list(range(EPOCHS)), runs
+        # the job ran twice (requeued); the second run of the task was nnUNetv2_train --c
+        assert [row["State"] for row in _sacct(job)] == ["REQUEUED", "COMPLETED"]
+        commands = [line for line in logs[fold].read_text().splitlines() if line.startswith("$ ")]
+        assert len(commands) == 2 and "--c" not in commands[0], commands
+        assert commands[1].split()[-3:] == ["--c", "-device", "cpu"], commands
 
 
 def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, tmp_path):
