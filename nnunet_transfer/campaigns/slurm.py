@@ -229,6 +229,7 @@ class TaskJob:
             _job_echo(f"{self.task_id}: " + ("checkpoint written; requeued, it continues with --c" if saved else
                                              "no checkpoint written now (nothing was training, or it did not stop "
                                              "in time); requeued, it continues from its last checkpoint"))
+        _ignore_requeue_signals()
         return DelayedSubmission(_job_class()(self.campaign, self.task_id, self.interrupt_timeout))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -264,6 +265,7 @@ def _requeue_self() -> bool:
     from submitit.core.job_environment import JobEnvironment
 
     signal.signal(JobEnvironment._usr_sig(), signal.SIG_IGN)
+    _ignore_requeue_signals()
     job = _job_id()
     if job == "?" or not os.environ.get("SLURM_JOB_ID"):
         return False
@@ -272,6 +274,15 @@ def _requeue_self() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0
+
+
+def _ignore_requeue_signals() -> None:
+    """Ignore SIGTERM from here on, in this process and the ``scontrol requeue`` it starts next: a requeue signals
+    every process of the job, ``scontrol`` included, which could die before it reports the requeue done (submitit
+    would then fail the job). The job only exits after the requeue."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _restart_count() -> int:
