@@ -188,7 +188,7 @@ def _read_fold(task: ReportTask, names_cache: dict[Path, dict[tuple[int, ...], s
         labels = [_label_dice(names.get(_parse_key(k), k), k, v) for k, v in means.items()]
     except (OSError, ValueError, TypeError, KeyError) as e:
         what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-        return missing(_UNREADABLE, f"{summary}: {what}")
+        return missing(_UNREADABLE, f"validation/summary.json: {what}")
     labels.sort(key=lambda ld: (order.index(ld.label) if ld.label in order else len(order), _key_order(ld.key)))
     return FoldResult(task.dataset, task.configuration, task.arm, task.fold, summary, tuple(labels), foreground)
 
@@ -462,8 +462,8 @@ def _markdown(groups: Sequence[_Group], results: Sequence[FoldResult], missing: 
 
 
 def _plot(groups: Sequence[_Group], path: Path) -> Path:
-    """One panel per dataset and configuration: each arm's per-fold foreground-mean Dice as points, the mean as a
-    line. Agg canvas without pyplot (no global backend change, no window)."""
+    """One panel per dataset and configuration: each arm's per-fold foreground-mean Dice as points (labelled with the
+    fold), the mean as a line. Agg canvas without pyplot (no global backend change, no window)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -479,29 +479,36 @@ def _plot(groups: Sequence[_Group], path: Path) -> Path:
         axes[0].text(0.5, 0.5, "no training tasks", ha="center", va="center", transform=axes[0].transAxes)
     colours = [f"C{i}" for i in range(10)]
     for ax, g in zip(axes, groups, strict=False):
-        lows, highs = [], []
+        lows, highs, ticks = [], [], []
         for x, arm in enumerate(g.arms):
-            values = _finite([r.foreground_mean.dice for r in g.folds[arm]])
+            points = [(r.fold, r.foreground_mean.dice) for r in g.folds[arm] if not math.isnan(r.foreground_mean.dice)]
+            nans = len(g.folds[arm]) - len(points)
+            ticks.append(f"{arm}\n(n={len(g.folds[arm])}" + (f", {nans} NaN)" if nans else ")"))
+            if not points:
+                continue
             colour = colours[x % len(colours)]
-            offsets = [-0.15 + 0.3 * i / (len(values) - 1) for i in range(len(values))] if len(values) > 1 else [0.0]
-            offsets = offsets[:len(values)]
-            ax.scatter([x + o for o in offsets], values, color=colour, s=28, zorder=3)
-            if values:
-                mean = statistics.fmean(values)
-                ax.hlines(mean, x - 0.3, x + 0.3, color=colour, linewidth=2.5, zorder=2)
-                ax.annotate(f"{mean:.3f}", (x + 0.32, mean), va="center", fontsize=8)
-                lows.append(min(values))
-                highs.append(max(values))
+            step = 0.3 / (len(points) - 1) if len(points) > 1 else 0.0
+            xs = [x - 0.15 * (len(points) > 1) + step * i for i in range(len(points))]
+            values = [v for _, v in points]
+            ax.scatter(xs, values, color=colour, s=28, zorder=3)
+            for px, (fold, v) in zip(xs, points, strict=True):
+                ax.annotate(str(fold), (px, v), xytext=(4, 2), textcoords="offset points", fontsize=7, color="0.35")
+            mean = statistics.fmean(values)
+            ax.hlines(mean, x - 0.3, x + 0.3, color=colour, linewidth=2.5, zorder=2)
+            ax.annotate(f"{mean:.3f}", (x + 0.32, mean), va="center", fontsize=8)
+            lows.append(min(values))
+            highs.append(max(values))
         ax.set_xticks(range(len(g.arms)))
-        ax.set_xticklabels([f"{a}\n(n={len(_finite([r.foreground_mean.dice for r in g.folds[a]]))})"
-                            for a in g.arms])
+        ax.set_xticklabels(ticks)
         ax.set_xlim(-0.6, len(g.arms) - 0.4 + 0.3)
         if lows:
             span = max(max(highs) - min(lows), 0.02)
             ax.set_ylim(max(0.0, min(lows) - 0.15 * span), min(1.0, max(highs)) + 0.15 * span)
         else:
             ax.set_ylim(0, 1)
-            ax.text(0.5, 0.5, "no validation summary yet", ha="center", va="center", transform=ax.transAxes)
+            reported = any(g.folds[a] for a in g.arms)
+            ax.text(0.5, 0.5, "foreground mean NaN in every fold\n(see report.md)" if reported
+                    else "no validation summary yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{g.dataset}\n{g.configuration}", fontsize=10)
         ax.set_ylabel("validation Dice (foreground mean)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
