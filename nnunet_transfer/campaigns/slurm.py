@@ -360,29 +360,33 @@ class _SlurmRun:
         number = 0
         for prepare in c.prepare_tasks:
             trains = c.trains_of(prepare)
-            number += 1
-            prep_number = number
-            todo: list[tuple[int, Any]] = []
-            for t in trains:
-                number += 1
-                if train_done(t):
-                    self.finished += 1
-                    self.echo(f"[{number}/{self.total}] {t.label}: done already")
-                else:
-                    todo.append((number, t))
+            numbered = list(enumerate(trains, start=number + 2))
+            todo = [(n, t) for n, t in numbered if not train_done(t)]
             if not todo:
-                self.finished += 1
-                self.echo(f"[{prep_number}/{self.total}] {prepare.label}: done already (every fold is done)")
+                self.echo(f"[{number + 1}/{self.total}] {prepare.label}: done already (every fold is done)")
+            for n, t in numbered:
+                if (n, t) not in todo:
+                    self.echo(f"[{n}/{self.total}] {t.label}: done already")
+            prep_number = number + 1
+            number += 1 + len(trains)
+            self.finished += len(numbered) - len(todo) + (0 if todo else 1)
+            if not todo:
                 continue
             name = f"{c.name}:{prepare.dataset}"
-            prep = queued.get(prepare.id) or self._submit_one(f"{name}:prepare", prepare, None)
-            self._watch(prep_number, prepare, prep, queued)
-            fresh = [(n, t) for n, t in todo if t.id not in queued]
-            jobs = self._submit_many(f"{name}:train", [t for _, t in fresh], prep.job_id) if fresh else []
-            new = dict(zip([t.id for _, t in fresh], jobs, strict=True))
+            fresh = [t for _, t in todo if t.id not in queued]
+            prep: _Watched | None = None
+            if prepare.id in queued or fresh:
+                job = queued.get(prepare.id) or self._submit_one(f"{name}:prepare", prepare, None)
+                prep = self._watch(prep_number, prepare, job, queued)
+            else:  # every fold left is queued from an earlier run, after a prepare job that ended
+                self.finished += 1
+                self.echo(f"[{prep_number}/{self.total}] {prepare.label}: done (its folds are queued)")
+            jobs = self._submit_many(f"{name}:train", fresh, prep.job.job_id if prep else None) if fresh else []
+            new = {t.id: j for t, j in zip(fresh, jobs, strict=True)}
             for n, t in todo:
                 w = self._watch(n, t, queued.get(t.id) or new[t.id], queued)
-                self._find(prepare.id).dependents.append(w)
+                if prep is not None:
+                    prep.dependents.append(w)
 
     def _submit_one(self, name: str, task: Any, dependency: str | None) -> Any:
         return self._submit_many(name, [task], dependency)[0]
@@ -410,9 +414,6 @@ class _SlurmRun:
         what = "already in the queue as" if task.id in queued else "submitted as"
         self.echo(f"[{number}/{self.total}] {task.label}: {what} SLURM job {job.job_id}{dep}")
         return w
-
-    def _find(self, task_id: str) -> _Watched:
-        return next(w for w in self.watched if w.task.id == task_id)
 
     def _queued_jobs(self) -> dict[str, Any]:
         """Tasks of this campaign whose jobs (from an earlier ``campaign run``) are still pending or running: found
@@ -526,9 +527,9 @@ class _SlurmRun:
                 if d.shown != "ended" and not d.job.paths.result_pickle.exists():
                     subprocess.run(["scancel", d.job.job_id], capture_output=True, timeout=60)
                     self._finish(d, Outcome(d.task.id, "blocked", f"its prepare step {outcome.status}: "
-                                            f"{outcome.message}", None, 0.0))
+                                            f"{outcome.message}", None, 0.0), " cancelled")
 
-    def _finish(self, w: _Watched, o: Outcome) -> None:
+    def _finish(self, w: _Watched, o: Outcome, job_note: str = "") -> None:
         from nnunet_transfer.demo.progress import format_elapsed
 
         w.shown, w.outcome = "ended", o
@@ -543,7 +544,7 @@ class _SlurmRun:
             "preempted": f"preempted after {took}: {o.message}",
         }[o.status]
         left = self.total - self.finished
-        self.echo(f"[{w.number}/{self.total}] {w.task.label}: {text} (SLURM job {w.job.job_id})"
+        self.echo(f"[{w.number}/{self.total}] {w.task.label}: {text} (SLURM job {w.job.job_id}{job_note})"
                   + (f" (left: {left} tasks)" if left else ""))
 
     # --- the end ------------------------------------------------------------------------------------------------
