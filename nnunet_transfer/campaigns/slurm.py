@@ -348,7 +348,7 @@ class _SlurmRun:
             ex = submitit.AutoExecutor(self.folder, cluster="slurm", **ctor)
         except RuntimeError as e:  # no srun: not on a SLURM cluster
             raise SlurmError(f"{self.campaign.path}: executor: kind slurm, but SLURM is not usable here ({e}); run "
-                             "the campaign where sbatch works, or use executor: {kind: local}") from None
+                             "the campaign where sbatch and srun work, or use executor: {kind: local}") from None
         ex.update_parameters(name=name, **params)
         return ex
 
@@ -604,6 +604,7 @@ def run_slurm(campaign: Campaign, echo: Echo = print) -> int:
     something failed or is blocked, 75 when tasks are left (busy, preempted without a requeue, or Ctrl-C: the jobs
     keep running)."""
     run = _SlurmRun(campaign, echo)
+    run._executor("check", None)  # SlurmError now if SLURM is not usable here
     campaign.workdir.mkdir(parents=True, exist_ok=True)
     n_train = len(campaign.train_tasks)
     echo(f"campaign {campaign.name}: {run.total} tasks ({run.total - n_train} prepare, {n_train} train) on SLURM; "
