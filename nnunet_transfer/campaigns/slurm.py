@@ -16,6 +16,7 @@ submitit itself when the campaign file is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -204,6 +205,11 @@ class TaskJob:
             outcome = self._execution.run()
         finally:
             self._execution = None
+        if outcome.status == "failed" and "timed-out too many times" in outcome.message:
+            # submitit's UncompletedJobError, raised in the signal handler after the checkpoint
+            outcome = dataclasses.replace(outcome, message=(
+                "reached its time limit more often than slurm_max_num_timeout allows (submitit's default 3; the "
+                "checkpoint is saved): raise timeout_min or slurm_max_num_timeout, and run again to continue"))
         _job_echo(f"{self.task_id}: {outcome.status}: {outcome.message}")
         if outcome.status == "preempted" and _requeue_self():
             # the training stopped on a signal that did not come through submitit (SIGTERM of a preemption with
