@@ -45,6 +45,8 @@ Echo = Callable[[str], None]
 #: keys the campaign sets itself on every job
 RESERVED = {"name": "jobs are named after the campaign and target", "slurm_job_name": "jobs are named after the "
             "campaign and target"}
+#: keys that must stay 1: a task is one nnUNetv2_train process (submitit would start one copy per SLURM task)
+SINGLE = ("nodes", "tasks_per_node", "slurm_nodes", "slurm_ntasks_per_node", "slurm_tasks_per_node")
 #: seconds between looks at the jobs' output and result files; sacct is asked every SACCT_SECONDS, and at most
 #: every SACCT_MIN_SECONDS when a result file appears
 POLL_SECONDS = 1.0
@@ -169,6 +171,10 @@ class SlurmExecutorSpec(BaseModel):
                     err = e.errors()[0]
                     where = "".join(f"[{p!r}]" for p in err["loc"])
                     problems.append(f"{key}{where}: {err['msg']} (got {value!r})")
+                    continue
+                if key in SINGLE and out[key] not in (None, 1):
+                    problems.append(f"{key}: must be 1 (one job per task: nnUNetv2_train is one process; got "
+                                    f"{value!r})")
         if problems:
             raise ValueError("; ".join(problems))
         return out

@@ -46,6 +46,8 @@ def test_a_wrong_type_is_an_error_naming_the_key():
 
 def test_names_the_campaign_sets_are_refused():
     assert "name: set by the campaign" in _error(name="mine")
+    assert "tasks_per_node: must be 1" in _error(tasks_per_node=4)
+    assert "slurm_ntasks_per_node: must be 1" in _error(slurm_ntasks_per_node=2)
 
 
 def test_the_names_are_submitits(tmp_path):
