@@ -44,7 +44,7 @@ def test_a_wrong_type_is_an_error_naming_the_key():
     assert "slurm_setup" in _error(slurm_setup="module load cuda")
 
 
-def test_names_the_campaign_sets_are_refused():
+def test_what_the_campaign_sets_itself_is_refused():
     assert "name: set by the campaign" in _error(name="mine")
     assert "tasks_per_node: must be 1" in _error(tasks_per_node=4)
     assert "slurm_ntasks_per_node: must be 1" in _error(slurm_ntasks_per_node=2)
