@@ -188,8 +188,13 @@ def export_network(network: nn.Module, folder: ModelFolder, checkpoint: FoldChec
     patch = facts.patch_size
     can_be_dynamic = stride is not None and all(p % s == 0 and p >= s for p, s in zip(patch, stride, strict=True))
     example = torch.randn(2, facts.num_input_channels, *patch, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        probe = network(example[:1])
+    try:
+        with torch.inference_mode():
+            probe = network(example[:1])
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [""])[-1][:300]
+        raise ExportError(f"the network of {folder.path.name} cannot run on an input of the plans' patch size "
+                          f"{tuple(example[:1].shape)}: {type(e).__name__}: {msg}") from None
     if not isinstance(probe, torch.Tensor):
         raise ExportRefusedError(f"refused: the network returns a {type(probe).__name__}, not one tensor (its deep "
                                  "supervision cannot be switched off through decoder.deep_supervision)")

@@ -40,7 +40,27 @@ KINDS = {
     "plain2d": ("2d", "nnUNetTrainer", False),
     "resenc3d": ("3d_fullres", "nnUNetTrainer", True),
     "bn3d": ("3d_fullres", "nnUNetTrainerBN", False),
+    "nostride3d": ("3d_fullres", "nnUNetTrainer_ExportTestOwnStrides", False),  # see FIXED_STRIDES_TRAINER
 }
+
+# A user's trainer (found through nnUNet_extTrainer) that sets the strides itself: the plans do not list them, so the
+# export cannot know the total stride and keeps the spatial size fixed to the patch.
+FIXED_STRIDES_TRAINER = """
+import copy
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+
+class nnUNetTrainer_ExportTestOwnStrides(nnUNetTrainer):
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                   enable_deep_supervision=True):
+        kwargs = copy.deepcopy(configuration_manager.network_arch_init_kwargs)
+        kwargs["strides"] = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+        return get_network_from_plans(configuration_manager.network_arch_class_name, kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
+                                      num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+"""
 
 
 def plans_for(kind: str) -> dict:
@@ -53,6 +73,8 @@ def plans_for(kind: str) -> dict:
         arch = conf["architecture"]
         arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
         arch["arch_kwargs"]["n_blocks_per_stage"] = arch["arch_kwargs"].pop("n_conv_per_stage")
+    if kind == "nostride3d":
+        del conf["architecture"]["arch_kwargs"]["strides"]
     c2 = copy.deepcopy(conf)
     kw = c2["architecture"]["arch_kwargs"]
     kw.update(conv_op="torch.nn.modules.conv.Conv2d", norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
@@ -192,6 +214,25 @@ def test_export_matches_eager(tmp_path, capsys, kind, fmt):
     assert got.shape == expected.shape
     assert float((got - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
     assert leftovers(out.parent) == []
+
+
+def test_unknown_stride_keeps_the_patch_size(tmp_path, monkeypatch):
+    """Without strides in the plans the spatial axes stay fixed: checked at batch 1 and 2 only, said in the JSON."""
+    trainers = tmp_path / "trainers"
+    trainers.mkdir()
+    (trainers / "export_test_trainers.py").write_text(FIXED_STRIDES_TRAINER)
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainers))
+    folder = make_model_folder(tmp_path, "nostride3d")
+    out = tmp_path / "m.onnx"
+    meta = export_model(folder, 0, "onnx", out).metadata
+    assert meta["source"]["trainer"] == "nnUNetTrainer_ExportTestOwnStrides"
+    assert meta["export"]["dynamic_spatial"] is False and meta["export"]["spatial_multiple_of"] is None
+    assert meta["export"]["input"]["dims"] == ["batch", 1, 16, 16, 16]
+    assert [c["input_shape"] for c in meta["verification"]["outputs"]] == [[1, 1, 16, 16, 16], [2, 1, 16, 16, 16]]
+    net, _ = eager_from_checkpoint(folder)
+    x = torch.randn(3, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(run_export(out, "onnx", x), net(x), rtol=0, atol=1e-4 * float(net(x).abs().max()))
 
 
 def test_metadata_holds_what_inference_needs(plain_folder, tmp_path):
@@ -354,7 +395,7 @@ def test_tampered_checkpoint_is_refused(plain_folder, tmp_path, capsys, change, 
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize(("case", "fragment"), [
+BAD_INPUTS = [
     ("missing-fold", "fold 3: "),
     ("missing-configuration", "configuration '3d_lowres' (from the folder name) is not in"),
     ("dataset-folder", "holds model folders, it is not one (no plans.json); give one of them: nnUNetTrainer__"),
@@ -364,7 +405,11 @@ def test_tampered_checkpoint_is_refused(plain_folder, tmp_path, capsys, change, 
                            "with -chk)"),
     ("existing-output", "exists already; choose another name or pass --overwrite"),
     ("onnx-missing", "pip install 'nnunet-transfer[onnx]'"),
-])
+    ("patch-does-not-fit", "cannot run on an input of the plans' patch size (1, 1, 16, 16, 18): RuntimeError: "),
+]
+
+
+@pytest.mark.parametrize(("case", "fragment"), [pytest.param(c, f, id=c) for c, f in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_nothing_written(plain_folder, tmp_path, capsys, monkeypatch, case, fragment):
     folder, fold, fmt, extra = plain_folder, "0", "torchscript", []
     out = tmp_path / "out" / "m.pt"
@@ -384,6 +429,12 @@ def test_bad_input_is_one_line_exit_2_nothing_written(plain_folder, tmp_path, ca
     elif case == "existing-output":
         out.parent.mkdir()
         out.write_text("keep me")
+    elif case == "patch-does-not-fit":
+        folder = tmp_path / plain_folder.name
+        shutil.copytree(plain_folder, folder)
+        plans = json.loads((folder / "plans.json").read_text())
+        plans["configurations"]["3d_fullres"]["patch_size"] = [16, 16, 18]
+        (folder / "plans.json").write_text(json.dumps(plans))
     elif case == "onnx-missing":
         fmt = "onnx"
         monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: import fails
