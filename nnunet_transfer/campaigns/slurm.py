@@ -557,7 +557,7 @@ class _SlurmRun:
         }[o.status]
         left = self.total - self.finished
         self.echo(f"[{w.number}/{self.total}] {w.task.label}: {text} (SLURM job {w.job.job_id}{job_note})"
-                  + (f" (left: {left} tasks)" if left else ""))
+                  + (f" (left: {left} task{'s' if left > 1 else ''})" if left else ""))
 
     # --- the end ------------------------------------------------------------------------------------------------
     def summary(self, elapsed: float) -> int:
