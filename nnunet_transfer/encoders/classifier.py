@@ -20,16 +20,19 @@ Pooling = Literal["avg", "max", "avgmax"]
 
 
 class EncoderClassifier(nn.Module):
-    """``head(dropout(cat(pool(feature map of stage s) for s in stages)))``.
+    """``head(dropout(norm(cat(pool(feature map of stage s) for s in stages))))``.
 
     ``encoder``: a :class:`~nnunet_transfer.encoders.PretrainedEncoder` or an ``EncoderBundle`` (its encoder).
     ``stages``: the stages pooled (``"deepest"``, ``"all"``, an index or a list; default: the encoder's ``features``).
-    ``pooling``: global average (``"avg"``), maximum (``"max"``) or both concatenated (``"avgmax"``). ``dropout``:
-    probability before the head (0: none). The head is ``nn.Linear(pooled features, num_classes)``; logits out.
+    ``pooling``: global average (``"avg"``), maximum (``"max"``) or both concatenated (``"avgmax"``, the default:
+    nnU-Net's stages end in instance normalisation, which leaves a global average nearly the same for every image).
+    ``norm``: standardise the pooled features over the batch (``BatchNorm1d`` without parameters; running
+    statistics in eval mode). ``dropout``: probability before the head (0: none). The head is
+    ``nn.Linear(pooled features, num_classes)``; logits out.
     """
 
     def __init__(self, encoder: PretrainedEncoder | object, num_classes: int, *, stages: FeatureSpec | None = None,
-                 pooling: Pooling = "avg", dropout: float = 0.0):
+                 pooling: Pooling = "avgmax", norm: bool = True, dropout: float = 0.0):
         super().__init__()
         encoder = getattr(encoder, "encoder", encoder)  # an EncoderBundle gives its encoder
         if not isinstance(encoder, PretrainedEncoder):
@@ -45,6 +48,9 @@ class EncoderClassifier(nn.Module):
                                         else resolve_features(stages, encoder.num_stages)[0])
         self.pooling = pooling
         self.num_features = sum(encoder.channels[i] for i in self.stages) * (2 if pooling == "avgmax" else 1)
+        # nnU-Net's stages end in instance normalisation: pooled features vary little between images; a batch norm
+        # (no parameters) brings them to a scale a linear head learns from quickly
+        self.norm = nn.BatchNorm1d(self.num_features, affine=False) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.head = nn.Linear(self.num_features, int(num_classes))
 
@@ -71,7 +77,7 @@ class EncoderClassifier(nn.Module):
         return torch.cat([self._pool(f) for f in self.encoder.forward_stages(x, self.stages)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.pooled(x)))
+        return self.head(self.dropout(self.norm(self.pooled(x))))
 
     def extra_repr(self) -> str:
         return f"stages={list(self.stages)}, pooling={self.pooling!r}, num_features={self.num_features}"
