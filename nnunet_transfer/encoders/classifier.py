@@ -27,8 +27,8 @@ class EncoderClassifier(nn.Module):
     ``pooling``: global average (``"avg"``), maximum (``"max"``) or both concatenated (``"avgmax"``, the default:
     nnU-Net's stages end in instance normalisation, which leaves a global average nearly the same for every image).
     ``norm``: standardise the pooled features over the batch (``BatchNorm1d`` without parameters; running
-    statistics in eval mode). ``dropout``: probability before the head (0: none). The head is
-    ``nn.Linear(pooled features, num_classes)``; logits out.
+    statistics in eval mode; training batches then need 2 or more images). ``dropout``: probability before the
+    head (0: none). The head is ``nn.Linear(pooled features, num_classes)``; logits out.
     """
 
     def __init__(self, encoder: PretrainedEncoder | object, num_classes: int, *, stages: FeatureSpec | None = None,

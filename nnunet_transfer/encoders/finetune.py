@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from nnunet_transfer.core.modules import unwrap_network
 from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
 from nnunet_transfer.core.schedules.recipes import Recipe, load_recipe
 from nnunet_transfer.core.schedules.schedule import (
@@ -64,7 +65,8 @@ class FineTuning:
         self.model = model
         self.recipe = recipe
         self.num_epochs = int(num_epochs)
-        self.groups: list[ParameterGroup] = derive_groups(model, recipe.groups)
+        # groups by the plain module's names (a torch.compile / DDP wrapper adds prefixes); parameters are the same
+        self.groups: list[ParameterGroup] = derive_groups(unwrap_network(model), recipe.groups)
         lr = base_lr if base_lr is not None else recipe.initial_lr if recipe.initial_lr is not None else DEFAULT_BASE_LR
         self.schedule: Schedule = resolve_schedule(recipe, [g.name for g in self.groups], self.num_epochs, lr,
                                                    weight_decay)
@@ -91,7 +93,7 @@ class FineTuning:
         ``model.train()``, after an evaluation within an epoch."""
         self.model.train()
         if self.recipe.frozen_norm == "eval":
-            freeze_norms(self.model, self.groups, self.trainable)
+            freeze_norms(unwrap_network(self.model), self.groups, self.trainable)
 
     def rates(self) -> dict[str, float]:
         """The current rate of every group (as set in the optimizer)."""

@@ -175,3 +175,10 @@ def test_recipe_errors(tmp_path):
         FineTuning(clf, "default", num_epochs=10)
     with pytest.raises(ValueError, match="epoch 10: the schedule has epochs 0 to 9"):
         FineTuning(clf, "classifier", num_epochs=10).start_epoch(10)
+
+
+def test_a_compiled_classifier_gets_the_same_groups(tmp_path):
+    clf = EncoderClassifier(bundle(tmp_path), 2)
+    ft = FineTuning(torch.compile(clf), "classifier", num_epochs=10)
+    assert [g.name for g in ft.groups] == [*stages(False), "heads"]
+    assert ft.groups[-1].params == [clf.head.weight, clf.head.bias]
