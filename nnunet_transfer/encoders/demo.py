@@ -251,7 +251,7 @@ def run_classify_demo(
             pretrain_checkpoint(checkpoint, steps=pretrain_steps, seed=seed, echo=echo)
             if workdir is not None:
                 echo(f"[pretrain] checkpoint: {checkpoint}")
-        bundle = load_encoder(checkpoint)
+        bundle = load_encoder(checkpoint, features=stages)
         echo("[encoder] " + bundle.summary().replace("\n", "\n[encoder] "))
         info = bundle.preprocessing
         if bundle.ndim != 3:
