@@ -55,7 +55,7 @@ class EncoderBundle:
     source: Path  # the checkpoint file
     trainer: str  # the trainer class whose build_network_architecture built the network
     architecture: str  # the architecture spec's name (PlainConvUNet, ResidualEncoderUNet, ...)
-    fold: int | None = None
+    fold: int | str | None = None  # the fold the checkpoint records (or was asked for)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -155,18 +155,41 @@ def encoder_report(report: LoadReport, network: nn.Module, layout: EncoderLayout
 def _read(source: str | os.PathLike | SourceCheckpoint, opts: LoadOptions) -> SourceCheckpoint:
     if isinstance(source, SourceCheckpoint):
         return source
-    path = Path(source)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: a folder; give the checkpoint file (e.g. {path}/fold_0/checkpoint_final.pth)")
-    return read_checkpoint(path, container=opts.container, allow_globals=opts.allow_globals,
+    return read_checkpoint(source, container=opts.container, allow_globals=opts.allow_globals,
                            trust_checkpoint=opts.trust_checkpoint)
+
+
+def _model_folder(path: Path, configuration: str | None, fold: int | str | None, checkpoint_name: str):
+    """(checkpoint path, plans, dataset.json, configuration, trainer) of one fold of an nnU-Net model folder, read by
+    :func:`nnunet_transfer.export.model_folder.read_model_folder`."""
+    from nnunet_transfer.export.model_folder import read_model_folder
+
+    folder = read_model_folder(path)
+    if fold is None:
+        raise PlansError(f"{path}: a model folder; name the fold (fold=...; folds here: "
+                         f"{', '.join(folder.folds()) or 'none'})")
+    if configuration is not None and configuration != folder.configuration:
+        raise PlansError(f"{path}: the model folder of configuration {folder.configuration!r}, not {configuration!r} "
+                         "(its name is Trainer__Plans__Configuration)")
+    return (folder.checkpoint_path(fold, checkpoint_name), folder.plans, folder.dataset_json, folder.configuration,
+            folder.trainer)
+
+
+def _check_fold(src: SourceCheckpoint, fold: int | str | None) -> int | str | None:
+    recorded = src.init_args.get("fold")
+    if fold is not None and recorded is not None and str(recorded) != str(fold):
+        raise CheckpointError(f"{src.path}: holds the weights of fold {recorded} (init_args.fold), not of fold {fold}")
+    value = fold if fold is not None else recorded
+    return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else value
 
 
 def load_encoder(
     source: str | os.PathLike | SourceCheckpoint,
     configuration: str | None = None,
+    fold: int | str | None = None,
     *,
     features: FeatureSpec = "deepest",
+    checkpoint_name: str = "checkpoint_final.pth",
     plans: dict[str, Any] | str | os.PathLike | None = None,
     dataset_json: dict[str, Any] | str | os.PathLike | None = None,
     trainer: str | type | None = None,
@@ -177,23 +200,34 @@ def load_encoder(
     """The pretrained encoder of a checkpoint, verified. Raises instead of returning a (partly) random encoder.
 
     ``source``: a checkpoint our loader reads (nnU-Net's ``checkpoint_final.pth``, or another format with ``plans``
-    and ``dataset_json`` given). The network is built from ``plans`` / ``configuration`` / ``dataset_json`` (default:
-    the checkpoint's ``init_args``) by ``trainer``'s ``build_network_architecture`` (default: the checkpoint's
-    ``trainer_name``; nnU-Net's ``nnUNetTrainer`` if it names none), then loaded with ``options`` (a
+    and ``dataset_json`` given), or nnU-Net's model folder ``Trainer__Plans__Configuration`` with ``fold`` (its
+    ``plans.json`` and ``dataset.json``, the fold's ``checkpoint_name``). The network is built from ``plans`` /
+    ``configuration`` / ``dataset_json`` (default: the folder's, else the checkpoint's ``init_args``) by
+    ``trainer``'s ``build_network_architecture`` (default: the checkpoint's ``trainer_name``; nnU-Net's
+    ``nnUNetTrainer`` if it names none), then loaded with ``options`` (a
     :class:`~nnunet_transfer.core.loading.options.LoadOptions`; keyword ``overrides`` are its fields: ``rename``,
     ``container``, ...). ``min_coverage`` is the guard over the encoder's parameter elements (default: all of them;
     ``options.min_coverage`` is not used): below it, :class:`~nnunet_transfer.errors.LoadGuardError` (exit code 1)
-    with the report. ``features``: what the encoder returns, ``"deepest"`` (one map), ``"all"``, a stage index or a
-    list of indices. The encoder is returned in eval mode, on the CPU, sharing nothing with other objects.
+    with the report. A ``fold`` other than the one the checkpoint records is refused. ``features``: what the encoder
+    returns, ``"deepest"`` (one map), ``"all"``, a stage index or a list of indices. The encoder is returned in eval
+    mode, on the CPU, holding its own copy of the weights.
     """
     if not 0.0 <= min_coverage <= 1.0:
         raise ValueError(f"min_coverage={min_coverage}: must be within [0, 1]")
     if options is not None and not isinstance(options, LoadOptions):
         raise TypeError(f"options must be a LoadOptions, not {type(options).__name__}")
     opts = (options or LoadOptions()).replace(**overrides)
+    folder_trainer = None
+    if not isinstance(source, SourceCheckpoint) and Path(source).is_dir():
+        source, f_plans, f_dj, configuration, folder_trainer = _model_folder(Path(source), configuration, fold,
+                                                                            checkpoint_name)
+        plans = f_plans if plans is None else plans
+        dataset_json = f_dj if dataset_json is None else dataset_json
     src = _read(source, opts)
+    fold = _check_fold(src, fold)
     plans_d, dj, conf = _plans_of(src, plans, dataset_json, configuration)
-    trainer = trainer if trainer is not None else src.trainer_name
+    if trainer is None:
+        trainer = src.trainer_name or folder_trainer
     network = _build(plans_d, conf, dj, trainer)
     layout = encoder_layout(network)
     # the guard that matters is the encoder's (below); the whole network's coverage is only informative here
@@ -211,6 +245,4 @@ def load_encoder(
     trainer_name = trainer if isinstance(trainer, str) else getattr(trainer, "__name__", "nnUNetTrainer")
     return EncoderBundle(
         encoder=encoder, report=report, network_report=full, plans=plans_d, configuration=conf, dataset_json=dj,
-        source=Path(src.path), trainer=trainer_name, architecture=architecture_for(network).name,
-        fold=src.init_args.get("fold") if isinstance(src.init_args.get("fold"), int) else None)
-
+        source=Path(src.path), trainer=trainer_name, architecture=architecture_for(network).name, fold=fold)

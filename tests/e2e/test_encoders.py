@@ -41,6 +41,11 @@ def test_encoder_of_a_stock_trained_checkpoint(ws_env):
     assert [f.shape[1] for f in feats] == list(bundle.channels)
     clf = EncoderClassifier(bundle, 2)
     assert clf(torch.randn(2, 1, *patch)).shape == (2, 2)
+    # the same from nnU-Net's model folder and the fold (its plans.json and dataset.json)
+    folder = ws.results("Dataset900_Src", ws.TINY)
+    again = load_encoder(folder, fold=0, features="all")
+    assert again.source == ws.checkpoint and again.trainer == ws.TINY
+    assert all(torch.equal(v, weights[again.encoder.source_name(k)]) for k, v in again.encoder.state_dict().items())
 
 
 def test_one_raw_image_preprocessed_as_nnunet_preprocessed_it(ws_env):

@@ -233,3 +233,41 @@ def test_build_encoder_is_a_random_baseline():
     b = build_encoder(plans, "3d_fullres", make_dataset_json())
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert a.features == (0, 1, 2) and b.features == (2,) and a.training
+
+
+def test_model_folder_and_fold(tmp_path):
+    """nnU-Net's Trainer__Plans__Configuration folder: its plans.json / dataset.json, the fold's checkpoint."""
+    import json
+    import shutil
+
+    from nnunet_transfer.errors import CheckpointError, TransferError
+
+    plans = encoder_plans(residual=True)
+    folder = tmp_path / "Dataset990_Unit" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(make_dataset_json()))
+    path, _ = save_checkpoint(folder / "fold_0" / "checkpoint_final.pth", plans, "3d_fullres")
+    bundle = load_encoder(folder, fold=0, features="all")
+    assert bundle.source == path and bundle.fold == 0 and bundle.configuration == "3d_fullres"
+    assert bundle.plans == plans and bundle.architecture == "ResidualEncoderUNet" and bundle.report.coverage == 1.0
+    from_file = load_encoder(path, features="all").encoder.state_dict()
+    assert all(torch.equal(v, from_file[k]) for k, v in bundle.encoder.state_dict().items())
+    assert load_encoder(folder, "3d_fullres", "0").fold == 0
+
+    shutil.copytree(folder / "fold_0", folder / "fold_1")  # a copied checkpoint: fold 0's weights under fold_1
+    with pytest.raises(CheckpointError, match=r"fold_1/checkpoint_final\.pth: holds the weights of fold 0 "
+                                              r"\(init_args\.fold\), not of fold 1"):
+        load_encoder(folder, fold=1)
+    with pytest.raises(PlansError, match=r"a model folder; name the fold \(fold=\.\.\.; folds here: 0, 1\)"):
+        load_encoder(folder)
+    with pytest.raises(PlansError, match=r"the model folder of configuration '3d_fullres', not '2d'"):
+        load_encoder(folder, "2d", 0)
+    with pytest.raises(TransferError, match=r"fold 3: .*fold_3 not found \(folds in .*: 0, 1\)") as e:
+        load_encoder(folder, fold=3)
+    assert e.value.exit_code == 2
+    with pytest.raises(TransferError, match=r"checkpoint_best\.pth: not found \(checkpoints in fold_0: "
+                                            r"checkpoint_final\.pth"):
+        load_encoder(folder, fold=0, checkpoint_name="checkpoint_best.pth")
+    with pytest.raises(TransferError, match="not an nnU-Net model folder"):
+        load_encoder(tmp_path, fold=0)
