@@ -271,3 +271,19 @@ def test_model_folder_and_fold(tmp_path):
         load_encoder(folder, fold=0, checkpoint_name="checkpoint_best.pth")
     with pytest.raises(TransferError, match="not an nnU-Net model folder"):
         load_encoder(tmp_path, fold=0)
+
+
+def test_declared_parameter_groups_are_checked():
+    from nnunet_transfer.core.schedules.groups import derive_groups
+
+    class Declares(nn.Module):
+        def __init__(self, patterns):
+            super().__init__()
+            self.a, self.b = nn.Linear(1, 1), nn.Linear(1, 1)
+            self.parameter_group_patterns = patterns
+
+    assert [g.name for g in derive_groups(Declares({"first": [r"a\..+"], "second": [r"b\..+"]}))] == ["first", "second"]
+    with pytest.raises(ArchitectureError, match=r"Declares\.parameter_group_patterns must be a mapping \{group: "):
+        derive_groups(Declares({"first": r"a\..+"}))
+    with pytest.raises(ArchitectureError, match="differ in their number of axes"):
+        EncoderLayout(stages=("a", "b"), channels=(1, 2), strides=((1, 1), (2, 2, 2)))
