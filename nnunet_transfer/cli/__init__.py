@@ -18,12 +18,12 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (each command module registers its own sub-parser)."""
     from nnunet_transfer._version import __version__
-    from nnunet_transfer.cli import check, demo, doctor, export, inspect, plans
+    from nnunet_transfer.cli import check, classify_demo, demo, doctor, export, inspect, plans
 
     parser = argparse.ArgumentParser(prog="nnunet-transfer", description="Transfer learning for nnU-Net v2.")
     parser.add_argument("--version", action="version", version=f"nnunet-transfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (inspect, check, plans, doctor, demo, export):
+    for command in (inspect, check, plans, doctor, demo, export, classify_demo):
         command.register(sub)
     return parser
 
