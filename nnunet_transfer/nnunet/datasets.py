@@ -23,6 +23,7 @@ __all__ = [
     "dataset_name",
     "find_target_dataset",
     "locate_dataset",
+    "raw_case_identifiers",
     "read_json",
 ]
 
@@ -174,3 +175,23 @@ def find_target_dataset(
             f"{plans_file}: plans not found (plans in {folder}: {have or 'none'}); run nnUNetv2_plan_and_preprocess"
         )
     return TargetDataset(location.name, folder, plans_file, read_json(plans_file), read_json(folder / "dataset.json"))
+
+
+def raw_case_identifiers(raw_folder: str | os.PathLike) -> list[str]:
+    """The training cases of a raw dataset folder, as nnU-Net's preprocessing finds them: the keys of
+    ``dataset.json``'s ``dataset`` section, else the case names of ``imagesTr`` (``CASE_XXXX<file_ending>``).
+
+    PlansError naming the file when ``dataset.json`` is missing or invalid.
+    """
+    folder = Path(raw_folder)
+    dataset_json = read_json(folder / "dataset.json")
+    if isinstance(dataset_json.get("dataset"), dict):
+        return sorted(dataset_json["dataset"])
+    if "file_ending" not in dataset_json:
+        raise PlansError(f"{folder / 'dataset.json'}: no file_ending")
+    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+
+    images = folder / "imagesTr"
+    if not images.is_dir():
+        return []
+    return [str(i) for i in get_identifiers_from_splitted_dataset_folder(str(images), dataset_json["file_ending"])]
