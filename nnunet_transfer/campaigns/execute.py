@@ -250,10 +250,10 @@ class TaskExecution:
             self._notes.append(note)
             state = train_state(task)
         if state.kind == "done":
-            return "skipped", "already done (" + state.detail + ")"
+            return "skipped", "already done"
         prep = read_failure(self.campaign, task.prepare_id)
         if prep is not None:
-            return "blocked", f"its prepare step failed: {prep.get('message', '?')} (log: {prep.get('log', '?')})"
+            return "blocked", f"its prepare step failed (log: {prep.get('log', '?')})"
         env = self._base_env()
         recipe = self.campaign.recipes.get(task.arm)
         if recipe:
@@ -310,6 +310,10 @@ class TaskExecution:
             if state.incomplete:
                 raise _Failed(f"preprocessing left data incomplete: {state.detail}", cmd, code)
             did.append(f"preprocessed {', '.join(todo)}")
+        from nnunet_transfer.nnunet.datasets import ensure_default_splits, raw_case_identifiers
+
+        if ensure_default_splits(roots.preprocessed / task.dataset, raw_case_identifiers(roots.raw / task.dataset)):
+            did.append("wrote nnU-Net's default splits_final.json")
         checked = []
         for conf in _to_check(c, task):
             cmd = _check_command(c, task, conf)
@@ -413,7 +417,7 @@ def describe_task(campaign: Campaign, task: Task, device: str | None = None) -> 
             return TaskView(task, "running", holder.describe())
         prep = read_failure(campaign, task.prepare_id)
         if prep is not None:
-            return TaskView(task, "blocked", f"prepare failed: {prep.get('message', '?')}")
+            return TaskView(task, "blocked", f"its prepare step failed ({task.prepare_id})")
         recipe = campaign.recipes.get(task.arm)
         cmd = _shown(train_command(campaign, task, state, device or campaign.spec.device),
                      {RECIPE_ENV_VAR: recipe} if recipe else {}, {})

@@ -158,10 +158,11 @@ class _LocalRunner:
             times = list(self.train_times)
         if not left:
             return ""
-        if not times:
-            return f" (left: {left} tasks)"
+        tasks = f"{left} task" + ("s" if left > 1 else "")
+        if not times or not trains:
+            return f" (left: {tasks})"
         eta = sum(times) / len(times) * len(trains) / len(self.slots)
-        return f" (left: {left} tasks, about {format_elapsed(eta)})"
+        return f" (left: {tasks}, about {format_elapsed(eta)})"
 
     def _end_line(self, task: Task, number: int, o: Outcome) -> str:
         took = format_elapsed(o.elapsed)

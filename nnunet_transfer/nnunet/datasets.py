@@ -21,6 +21,7 @@ __all__ = [
     "NnUNetRoots",
     "TargetDataset",
     "dataset_name",
+    "ensure_default_splits",
     "find_target_dataset",
     "locate_dataset",
     "raw_case_identifiers",
@@ -195,3 +196,22 @@ def raw_case_identifiers(raw_folder: str | os.PathLike) -> list[str]:
     if not images.is_dir():
         return []
     return [str(i) for i in get_identifiers_from_splitted_dataset_folder(str(images), dataset_json["file_ending"])]
+
+
+def ensure_default_splits(preprocessed_dataset_folder: str | os.PathLike, identifiers: list[str]) -> Path | None:
+    """Write nnU-Net's default ``splits_final.json`` (5 folds, seed 12345, over the sorted case identifiers: what
+    ``nnUNetTrainer.do_split`` writes on its first run) when the folder has none; returns the path written, or None.
+
+    Folds trained at the same time (one per GPU, two campaign runs) would otherwise each write the file while another
+    reads it. Written atomically; with fewer than 5 cases nothing is written (nnU-Net decides).
+    """
+    from nnunet_transfer.core.io import write_json_atomic
+
+    path = Path(preprocessed_dataset_folder) / "splits_final.json"
+    if path.exists() or len(identifiers) < 5:
+        return None
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    splits = generate_crossval_split(sorted(identifiers), seed=12345, n_splits=5)
+    data = [{k: [str(i) for i in v] for k, v in split.items()} for split in splits]
+    return write_json_atomic(path, data, indent=4)

@@ -96,7 +96,7 @@ def test_failed_prepare_is_recorded_and_blocks_its_folds_until_it_succeeds(campa
     assert record["log"] == str(campaign.log_path(prep)) and record["time"]
     train = campaign.trains_of(prep)[0]
     out = TaskExecution(campaign, train.id).run()
-    assert out.status == "blocked" and "prepare step failed" in out.message and "3d_fullres" in out.message
+    assert out.status == "blocked" and out.message == f"its prepare step failed (log: {campaign.log_path(prep)})"
     assert not train.fold_dir.exists() and read_failure(campaign, train) is None
     assert describe_task(campaign, train, "cpu").state == "blocked"
     assert describe_task(campaign, prep, "cpu").state == "failed"
