@@ -146,3 +146,19 @@ def test_prepare_state_against_the_raw_cases(campaign, tmp_path):
     assert prepare_state(task, pre, raw).incomplete == ("3d_fullres",)
     assert configuration_data_identifier(plans, "3d_cascade_fullres") == "nnUNetPlans_3d_fullres"
     assert configuration_data_identifier(plans, "2d") is None
+
+
+def test_default_splits_are_nnunets_and_never_overwritten(tmp_path):
+    from nnunet_transfer.nnunet.datasets import ensure_default_splits
+
+    cases = [f"case_{i:03d}" for i in (4, 0, 3, 1, 2, 5)]
+    assert ensure_default_splits(tmp_path, cases[:4]) is None  # fewer than 5 cases: nnU-Net decides
+    path = ensure_default_splits(tmp_path, cases)
+    splits = json.loads(path.read_text())
+    assert len(splits) == 5
+    assert sorted(c for s in splits for c in s["val"]) == sorted(cases)  # every case validated exactly once
+    assert all(sorted(s["train"] + s["val"]) == sorted(cases) for s in splits)
+    # nnU-Net's own split for these (sorted) cases: KFold(5, shuffle, seed 12345), as nnUNetTrainer.do_split writes it
+    assert splits[0] == {"train": ["case_000", "case_001", "case_002", "case_004"], "val": ["case_003", "case_005"]}
+    path.write_text("[]")
+    assert ensure_default_splits(tmp_path, cases) is None and path.read_text() == "[]"
