@@ -169,15 +169,17 @@ class TaskExecution:
     """Run one task of ``campaign``: lock, state from nnU-Net's files, command(s), failure record.
 
     ``env`` adds to the environment of the commands (``CUDA_VISIBLE_DEVICES``...); ``echo`` gets the few lines worth
-    showing while the task runs (a prepare waiting for another run, a checkpoint moved aside).
+    showing while the task runs (a prepare waiting for another run, a checkpoint moved aside); ``on_start`` is called
+    once, before the first command starts (not for a task that is done, busy or blocked).
     """
 
     def __init__(self, campaign: Campaign, task_id: str, env: Mapping[str, str] | None = None,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None, on_start: Callable[[], None] | None = None):
         self.campaign = campaign
         self.task = campaign.task(task_id)
         self.env = dict(env or {})
         self.echo = echo or (lambda line: None)
+        self._on_start = on_start
         self.log = campaign.log_path(self.task)
         self._proc: subprocess.Popen[bytes] | None = None
         self._exited = threading.Event()
@@ -253,7 +255,7 @@ class TaskExecution:
             return "skipped", "already done"
         prep = read_failure(self.campaign, task.prepare_id)
         if prep is not None:
-            return "blocked", f"its prepare step failed (log: {prep.get('log', '?')})"
+            return "blocked", f"its prepare step failed; log: {prep.get('log', '?')}"
         env = self._base_env()
         recipe = self.campaign.recipes.get(task.arm)
         if recipe:
@@ -340,6 +342,9 @@ class TaskExecution:
 
         The child stays in our process group (a kill of the group ends both) and holds the task's lock with us
         (``pass_fds``), so the lock stays held while it outlives us."""
+        if self._on_start is not None:
+            self._on_start()
+            self._on_start = None
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as f:
             begin = f.tell()

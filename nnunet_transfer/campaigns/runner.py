@@ -134,20 +134,14 @@ class _LocalRunner:
 
     def _execute(self, task: Task, number: int, gpu: int | None) -> Outcome:
         env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}
-        execution = TaskExecution(self.campaign, task.id, env=env, echo=self.echo)
+        on = f" on GPU {gpu}" if gpu is not None else ""
+        log = self.campaign.log_path(task)
+        execution = TaskExecution(
+            self.campaign, task.id, env=env, echo=self.echo,
+            on_start=lambda: self.echo(f"[{number}/{len(self.tasks)}] {task.label}: running{on} (log: {log})"))
         with self.cond:
             self.running[task.id] = execution
-        if self._will_run(task):
-            on = f" on GPU {gpu}" if gpu is not None else ""
-            self.echo(f"[{number}/{len(self.tasks)}] {task.label}: running{on} (log: {execution.log})")
         return execution.run()
-
-    def _will_run(self, task: Task) -> bool:
-        """Whether the task has work to do (a start line is worth printing): not done, and not blocked."""
-        if isinstance(task, TrainTask):
-            prepare = self.results.get(task.prepare_id)
-            return not train_done(task) and not (prepare is not None and prepare.status in ("failed", "blocked"))
-        return not all(train_done(t) for t in self.campaign.trains_of(task))
 
     # --- progress ---------------------------------------------------------------------------------------------------
     def _left(self) -> str:

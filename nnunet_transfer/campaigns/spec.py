@@ -153,6 +153,7 @@ class Campaign:
 
     @property
     def name(self) -> str:
+        """The campaign's ``name``."""
         return self.spec.name
 
     @property
@@ -165,21 +166,26 @@ class Campaign:
         return out
 
     def task(self, task_id: str) -> PrepareTask | TrainTask:
+        """The task of that id; CampaignError when the campaign has none."""
         for t in (*self.prepare_tasks, *self.train_tasks):
             if t.id == task_id:
                 return t
         raise CampaignError(f"{self.path}: no task {task_id!r} in campaign {self.name}")
 
     def trains_of(self, prepare: PrepareTask) -> list[TrainTask]:
+        """The train tasks that need ``prepare`` (its target's folds, every configuration and arm)."""
         return [t for t in self.train_tasks if t.prepare_id == prepare.id]
 
     def log_path(self, task: PrepareTask | TrainTask) -> Path:
+        """``<workdir>/logs/<task>.log``: the output of every command the task ran, appended."""
         return self.workdir / "logs" / f"{task.slug}.log"
 
     def lock_path(self, task: PrepareTask | TrainTask) -> Path:
+        """``<workdir>/locks/<task>.lock`` (see :mod:`nnunet_transfer.campaigns.locks`)."""
         return self.workdir / "locks" / f"{task.slug}.lock"
 
     def failure_path(self, task: PrepareTask | TrainTask | str) -> Path:
+        """``<workdir>/failures/<task>.json`` (a task or a task id): there while the task fails."""
         slug = task if isinstance(task, str) else task.slug
         return self.workdir / "failures" / f"{task_slug(slug)}.json"
 

@@ -96,7 +96,7 @@ def test_failed_prepare_is_recorded_and_blocks_its_folds_until_it_succeeds(campa
     assert record["log"] == str(campaign.log_path(prep)) and record["time"]
     train = campaign.trains_of(prep)[0]
     out = TaskExecution(campaign, train.id).run()
-    assert out.status == "blocked" and out.message == f"its prepare step failed (log: {campaign.log_path(prep)})"
+    assert out.status == "blocked" and out.message == f"its prepare step failed; log: {campaign.log_path(prep)}"
     assert not train.fold_dir.exists() and read_failure(campaign, train) is None
     assert describe_task(campaign, train, "cpu").state == "blocked"
     assert describe_task(campaign, prep, "cpu").state == "failed"
@@ -179,14 +179,14 @@ def test_local_runner_progress_and_exit_status(campaign, tmp_path, gpus):
     assert run_campaign(campaign, echo=lines.append) == 1
     assert lines[0].startswith("campaign unit: 8 tasks (2 prepare, 6 train) on this machine")
     ends = [ln for ln in lines if ln.startswith("[")]
-    assert len(ends) == 8 + 1  # one end line per task, one start line for the prepare that ran
+    assert len(ends) == 8  # one end line per task; no start line: the prepare failed before running a command
     failed = [ln for ln in ends if f"{ALPHA} nnUNetPlans prepare: failed after " in ln]
     assert len(failed) == 1 and "has no configuration 3d_fullres" in failed[0] and "(log: " in failed[0]
-    assert sum("blocked (its prepare step failed" in ln for ln in ends) == 4
+    assert sum("blocked (its prepare step failed; log: " in ln for ln in ends) == 4
     assert sum(": skipped (" in ln for ln in ends) == 3  # Beta's prepare and folds: already done
     if gpus is None:  # one after the other, in file order
-        assert ends[1] == failed[0] and "(left: 7 tasks)" in ends[1]
-        assert all(f"[{i}/8] " in ln for i, ln in enumerate(ends[1:], 1))
+        assert ends[0] == failed[0] and "(left: 7 tasks)" in ends[0]
+        assert all(ln.startswith(f"[{i}/8] ") for i, ln in enumerate(ends, 1))
     assert lines[-2].startswith("campaign unit: 8 tasks in ") and "3 done (3 already), 1 failed, 4 blocked" in lines[-2]
     assert "failure records: " in lines[-1]
     # fixed (the folds got done): the next run finds everything done and removes the record
