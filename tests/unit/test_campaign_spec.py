@@ -177,3 +177,22 @@ def test_cli_missing_checkpoint_run_exits_2_and_creates_nothing(tmp_path):
     proc = cli("campaign", "run", path, env=env)
     assert_clean_error(proc, 2, "pretrained:", str(tmp_path / "pretrained.pth"), "not found")
     assert tree_snapshot(tmp_path) == before
+
+
+def test_shipped_example_follows_the_schema_and_is_not_a_recipe():
+    from importlib import resources
+
+    import yaml
+
+    from nnunet_transfer.campaigns.spec import CampaignSpec
+    from nnunet_transfer.core.schedules.recipes import available_recipes, load_recipe
+    from nnunet_transfer.errors import RecipeError
+
+    text = (resources.files("nnunet_transfer") / "configs" / "campaigns" / "example.yaml").read_text()
+    spec = CampaignSpec.model_validate(yaml.safe_load(text))
+    assert spec.trainer == "nnUNetTrainerAdaptiveFT" and spec.baseline.trainer == "nnUNetTrainer"
+    assert [t.dataset for t in spec.targets] == ["902", "Dataset903_Brain"] and spec.targets[1].folds == (0, 1)
+    # configs/ holds recipes; the campaigns/ subfolder is neither listed nor loadable as one
+    assert "campaigns" not in available_recipes() and "example" not in available_recipes()
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("campaigns/example")
