@@ -12,23 +12,34 @@ trainable set changes so that newly unfrozen parameters are synchronised. Each e
 go to the log and to ``lr_table.json``, and a panel of them under nnU-Net's ``progress.png``: drawn in a background
 thread during the next epoch (rank 0), waited for before nnU-Net writes ``progress.png`` again and at the end of
 training; a failure to draw it is logged and training goes on.
+
+Preemption: from the start of training, SIGUSR1, SIGUSR2 or SIGTERM ask the trainer to stop (see
+``core/preemption.py``; a second SIGTERM kills at once). At the end of the epoch under way it writes
+``checkpoint_latest.pth`` as nnU-Net's periodic save would have, shuts the data loaders down and exits with
+:data:`PREEMPTED_EXIT_CODE` (75); ``nnUNetv2_train ... --c`` continues from the next epoch. Under DDP all ranks
+stop at the same epoch. Checkpoints are written atomically (a temporary file replaced in one step), so a kill
+during a save leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_transfer.core.background import LatestJobWorker
+from nnunet_transfer.core.io import atomic_path
 from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
 from nnunet_transfer.core.loading.report import LoadReport
+from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE, GracefulStop
 from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
 from nnunet_transfer.core.schedules.lr_table import LRTable
 from nnunet_transfer.core.schedules.plot import SchedulePanel
@@ -87,6 +98,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self._fractions: dict[tuple[str, ...], float] = {}  # trainable fraction per trainable set
         self._panel = SchedulePanel()
         self._panel_worker = LatestJobWorker("nnunet-transfer schedule panel", nice=19)
+        self._graceful = GracefulStop()  # installed by on_train_start, removed by on_train_end or a stop
         install_pretrained_hook(self)
 
     # --- recipe -----------------------------------------------------------------------------------------------
@@ -251,16 +263,102 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
 
     def on_epoch_end(self) -> None:
         self._wait_for_panel()  # an earlier panel must never land on the progress.png nnU-Net writes now
-        super().on_epoch_end()  # writes progress.png (rank 0)
+        super().on_epoch_end()  # writes progress.png (rank 0), current_epoch += 1
         if self.local_rank == 0 and self._lr_table is not None and self._lr_table.rows:
             # drawn while the next epoch trains; the rows are a snapshot (the list grows, rows are never changed)
             self._panel_worker.submit(self._panel.add_to, Path(self.output_folder) / "progress.png",
                                       list(self._lr_table.rows))
+        if self._stop_agreed():
+            self._stop_preempted()
 
     def on_train_end(self) -> None:
         self._wait_for_panel()  # the last epoch's panel is in progress.png before training is reported done
         self._panel_worker.close()
-        super().on_train_end()
+        self._graceful.release_children()  # nnU-Net shuts the loaders down now: stragglers must obey its SIGTERM
+        try:
+            super().on_train_end()
+        finally:
+            self._graceful.uninstall()
+
+    # --- preemption ---------------------------------------------------------------------------------------------
+    def _stop_agreed(self) -> bool:
+        """Whether to stop now: a stop signal reached this process, or under DDP any rank (every rank must leave
+        the loop at the same epoch, or the others would wait for it in their next collective call)."""
+        stop = self._graceful.requested is not None
+        if self.is_ddp and dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([int(stop)], dtype=torch.int32, device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def _continue_command(self) -> str:
+        """The ``nnUNetv2_train`` command that continues this training."""
+        args = [self.plans_manager.dataset_name, self.configuration_name, str(self.fold), "-tr", type(self).__name__,
+                "-p", self.plans_manager.plans_name]
+        if self.device.type != "cuda":
+            args += ["-device", self.device.type]
+        if self.is_ddp and dist.is_initialized():
+            args += ["-num_gpus", str(dist.get_world_size())]
+        return "nnUNetv2_train " + shlex.join(args) + " --c"
+
+    def _stop_preempted(self) -> None:
+        """Called by :meth:`on_epoch_end` (after nnU-Net's, which advanced ``current_epoch``) when a stop was asked
+        for: write ``checkpoint_latest.pth`` as nnU-Net's periodic save at this epoch would have, shut the data
+        loaders down and leave with :data:`PREEMPTED_EXIT_CODE` through ``SystemExit``."""
+        finished = self.current_epoch - 1
+        latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
+        if not ((finished + 1) % self.save_every == 0 and finished != self.num_epochs - 1):  # else written just now
+            # nnU-Net saves before its current_epoch += 1 and stores current_epoch + 1: the epoch to continue from
+            self.current_epoch -= 1
+            try:
+                self.save_checkpoint(latest)
+            finally:
+                self.current_epoch += 1
+        if self.is_ddp and dist.is_available() and dist.is_initialized():
+            dist.barrier()  # no rank leaves (and takes the process group down) before rank 0 has written
+        self._wait_for_panel()
+        self._panel_worker.close()
+        self._shutdown_dataloaders()
+        request = self._graceful.requested
+        why = request.describe() if request is not None else "a stop request of another rank"
+        saved = ("checkpoint_latest.pth holds the state to continue from epoch "
+                 f"{self.current_epoch}" if not self.disable_checkpointing else
+                 "no checkpoint written (checkpointing is disabled): a resumed run starts over")
+        self.print_to_log_file(f"Training stopped on {why} at the end of epoch {finished}; {saved}. Continue with: "
+                               f"{self._continue_command()} (exit status {PREEMPTED_EXIT_CODE})",
+                               also_print_to_console=True)
+        self._graceful.uninstall()
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+
+    def _shutdown_dataloaders(self) -> None:
+        """Stop the data-augmentation workers as nnU-Net's ``on_train_end`` does (their output silenced)."""
+        self._graceful.release_children()
+        old_stdout = sys.stdout
+        try:
+            with open(os.devnull, "w") as devnull:
+                sys.stdout = devnull
+                for loader in (self.dataloader_train, self.dataloader_val):
+                    finish = getattr(loader, "_finish", None)  # (NonDet)MultiThreadedAugmenter; not single-threaded
+                    if callable(finish):
+                        finish()
+        finally:
+            sys.stdout = old_stdout
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's, written to a temporary file beside ``filename`` that replaces it in one step: a kill during
+        the save leaves the previous checkpoint as it was."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)  # writes nothing
+            return
+        with atomic_path(filename) as tmp:
+            super().save_checkpoint(str(tmp))
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary checkpoint files of a run killed during a save (SIGKILL)."""
+        if self.local_rank != 0:
+            return
+        for tmp in Path(self.output_folder).glob(".checkpoint_*.tmp.pth"):
+            tmp.unlink(missing_ok=True)
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
@@ -330,6 +428,17 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         return None
 
     def on_train_start(self) -> None:
+        # before nnU-Net forks the data-augmentation workers (super().on_train_start()): they inherit the handlers
+        if not self._graceful.install():
+            self.print_to_log_file("stop signals (SIGUSR1, SIGUSR2, SIGTERM) not handled: training does not run in "
+                                   "the main thread", also_print_to_console=False)
+        try:
+            self._start_training()
+        except BaseException:
+            self._graceful.uninstall()
+            raise
+
+    def _start_training(self) -> None:
         if not self.was_initialized:
             self.initialize()
         if not self._resumed and self.current_epoch == 0:  # a new training, not --c from a checkpoint
@@ -350,3 +459,4 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self._store_recipe()  # nnU-Net saves plans_manager.plans as plans.json now; a variant may have replaced it
         super().on_train_start()
         self._write_recipe()
+        self._remove_stale_temporaries()
