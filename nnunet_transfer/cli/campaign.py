@@ -49,17 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(campaign: Campaign, out: Path) -> int:
     from nnunet_transfer.campaigns.report import write_report
-    from nnunet_transfer.campaigns.state import train_done
 
     result = write_report(campaign.train_tasks, out)
-    files = getattr(result, "files", None) or sorted(p for p in out.glob("report.*"))
-    for f in files:
+    for f in result.files:
         print(f"wrote {f}")
-    missing = [t for t in campaign.train_tasks if not train_done(t)]
-    if missing:
-        print(f"not done ({len(missing)} of {len(campaign.train_tasks)} folds; not in the report):")
-        for t in missing:
-            print(f"  {t.id}")
-    else:
-        print(f"every fold is done ({len(campaign.train_tasks)})")
+    if result.missing:
+        print(f"not done ({len(result.missing)} of {len(campaign.train_tasks)} folds, not in the report):")
+        for m in result.missing:
+            print(f"  {m.id}: {m.state} ({m.detail})")
+    print(result.summary())
     return 0

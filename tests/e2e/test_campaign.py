@@ -9,6 +9,7 @@ To keep the time down, the broken campaign runs in the background while the main
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -187,6 +188,27 @@ def test_two_runs_at_once_a_kill_and_a_rerun_complete_without_retraining(setup):
     rows = [ln.split()[:2] for ln in status.stdout.splitlines()[1:-1]]
     assert len(rows) == 10 and all(state == "done" for _, state in rows), status.stdout
     assert status.stdout.splitlines()[-1] == "10 tasks: 10 done"
+
+    # the report holds nnU-Net's own numbers: every label of every fold's validation/summary.json, and nothing else
+    report = cli("campaign", "report", main, env=env)
+    assert report.returncode == 0, report.stderr
+    assert f"wrote {setup.workdir / 'report' / 'report.csv'}" in report.stdout
+    with open(setup.workdir / "report" / "report.csv", newline="") as f:
+        got = {(r["dataset"], r["configuration"], r["arm"], r["fold"], r["key"], repr(float(r["dice"])))
+               for r in csv.DictReader(f)}
+        f.seek(0)
+        labels = {r["label"] for r in csv.DictReader(f)}
+    expected = set()
+    for d in fold_dirs:
+        summary = json.loads((d / "validation" / "summary.json").read_text())
+        arm = "finetune" if d.parent.name.startswith(FT) else "baseline"
+        fold = d.name.removeprefix("fold_")
+        expected |= {(d.parents[1].name, "3d_fullres", arm, fold, k, repr(float(v["Dice"])))
+                     for k, v in summary["mean"].items()}
+        expected.add((d.parents[1].name, "3d_fullres", arm, fold, "foreground_mean",
+                      repr(float(summary["foreground_mean"]["Dice"]))))
+    assert len(expected) == 8 * 3 and got == expected
+    assert labels == {"organ", "lesion", "mean"}  # names from dataset.json
 
 
 def test_a_broken_target_fails_alone_and_is_recorded(setup):

@@ -209,3 +209,22 @@ def test_busy_tasks_make_the_run_exit_75(campaign, hold, tmp_path):
     assert any(f"{ALPHA} nnUNetPlans prepare: done in 0:00 (data complete)" in ln for ln in lines)
     assert "7 done (6 already), 1 busy" in lines[-2]
     assert lines[-1].startswith("not finished: tasks left to another run")
+
+
+def test_report_command_writes_the_report_and_says_what_is_not_done(campaign, tmp_path, capsys):
+    from nnunet_transfer.cli import main
+
+    for i, t in enumerate(campaign.train_tasks[:4]):  # Alpha's folds
+        finish_fold(t.fold_dir, dice=0.5 + i / 10)
+    out = tmp_path / "elsewhere"
+    assert main(["campaign", "report", str(campaign.path), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert {ln for ln in printed if ln.startswith("wrote ")} == {f"wrote {out / n}" for n in
+                                                                  ("report.csv", "report.md", "report.png")}
+    assert "not done (2 of 6 folds, not in the report):" in printed
+    assert f"  {BETA}/3d_fullres/finetune/fold_0: not started (no fold folder)" in printed
+    assert printed[-1].startswith("report: 4 folds reported, 2 not done")
+    rows = (out / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,configuration,arm,fold,label,dice")
+    assert sum(ln.startswith(f"{ALPHA},3d_fullres,baseline,1,") for ln in rows) == 2  # label 1, foreground mean
+    assert not campaign.workdir.exists()  # -o: nothing written elsewhere
