@@ -89,6 +89,11 @@ __all__ = [
     "unregister_architecture",
     "unwrap_network",
     "write_plans",
+    "EncoderClassifier",
+    "FineTuning",
+    "export_model",
+    "load_encoder",
+    "preprocess_image",
 ]
 
 _WHERE = {
@@ -131,6 +136,11 @@ _WHERE = {
     "LoadReport": "core.loading.report",
     "ReasonCode": "core.loading.report",
     "TensorRecord": "core.loading.report",
+    "EncoderClassifier": "encoders",
+    "FineTuning": "encoders",
+    "load_encoder": "encoders",
+    "preprocess_image": "encoders",
+    "export_model": "export",
 }
 
 

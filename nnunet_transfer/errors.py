@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ArchitectureError",
+    "CampaignError",
     "CheckpointError",
     "LoadGuardError",
     "NonFiniteWeightsError",
@@ -66,3 +67,7 @@ class TrainingStateError(TransferError):
 
 class ArchitectureError(TransferError):
     """An architecture spec is invalid or names what its network does not have (a module, a duplicate name)."""
+
+
+class CampaignError(TransferError):
+    """A campaign file is invalid (unknown key, wrong type, unknown dataset, missing checkpoint, trainer or recipe)."""

@@ -9,7 +9,9 @@ Built in, in matching order: ``PlainConvUNet``, ``ResidualEncoderUNet`` (also ``
 its subclasses); each matches by class name anywhere in the network's class hierarchy, or by nnU-Net's module layout
 (``encoder.stages`` + ``decoder.seg_layers``; ``eva.blocks``). What dynamic_network_architectures networks declare
 is used before anything is guessed: ``keys_to_in_proj`` (the input projection), ``key_to_stem`` and
-``key_to_encoder`` (the stem and encoder groups), ``key_to_lpe`` (the learnable positional embedding).
+``key_to_encoder`` (the stem and encoder groups, and the encoder's chain of stages), ``key_to_lpe`` (the learnable
+positional embedding); a network of this package's own (``EncoderClassifier``) declares its parameter groups
+(``parameter_group_patterns``).
 
 Register your own family once, before loading or training (e.g. at the top of your trainer module); no edit to
 this package is needed. ``first=True`` (the default) puts it before the built-in specs, so it can also take over a
@@ -64,12 +66,15 @@ __all__ = [
     "RESIDUAL_ENCODER_UNET",
     "SEG_LAYERS_HEAD_PATTERN",
     "ArchitectureSpec",
+    "EncoderLayout",
     "SkipFusion",
     "architecture_for",
     "class_named",
+    "declared_group_patterns",
     "declared_input_projection",
     "declared_positional_embedding",
     "list_architectures",
+    "no_encoder",
     "no_skip_fusions",
     "register_architecture",
     "unregister_architecture",
@@ -113,6 +118,48 @@ def declared_positional_embedding(network: nn.Module) -> str | None:
     return name if isinstance(name, str) and _tensor_at(network, name) is not None else None
 
 
+def declared_group_patterns(network: nn.Module) -> dict[str, list[str]]:
+    """The default ``group_patterns``: what the network declares as ``parameter_group_patterns`` (a mapping, or a
+    method returning one: ``{group: [regex, ...]}``), else one group ``all``."""
+    declared = getattr(network, "parameter_group_patterns", None)
+    if callable(declared):
+        declared = declared()
+    if declared is None:
+        return {"all": [r".+"]}
+    if not isinstance(declared, dict) or not all(
+            isinstance(g, str) and isinstance(p, list | tuple) and all(isinstance(x, str) for x in p)
+            for g, p in declared.items()):
+        raise ArchitectureError(f"{type(network).__name__}.parameter_group_patterns must be a mapping "
+                                f"{{group: [regex, ...]}}, got {declared!r}")
+    return {g: list(p) for g, p in declared.items()}
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """A network's encoder as a chain of modules: ``stem`` (if any), then ``stages`` in order, each taking the output
+    of the one before; the output of stage ``i`` is feature map ``i`` (0 = highest resolution). Stage ``i`` outputs
+    ``channels[i]`` channels and divides the size of its input by ``strides[i]`` (one entry per spatial axis).
+    :mod:`nnunet_transfer.encoders` builds a feature extractor from it."""
+
+    stages: tuple[str, ...]  # module names, shallowest first
+    channels: tuple[int, ...]  # output channels of each stage
+    strides: tuple[tuple[int, ...], ...]  # stride of each stage relative to its input, per spatial axis
+    stem: str | None = None  # module run before stage 0 (outside the stages), or None
+
+    def __post_init__(self) -> None:
+        n = len(self.stages)
+        if n == 0 or len(self.channels) != n or len(self.strides) != n:
+            raise ArchitectureError(f"EncoderLayout: stages, channels and strides need one entry per stage, got "
+                                    f"{n}, {len(self.channels)} and {len(self.strides)}")
+        if len({len(s) for s in self.strides}) != 1:
+            raise ArchitectureError(f"EncoderLayout: strides {self.strides} differ in their number of axes")
+
+
+def no_encoder(network: nn.Module) -> EncoderLayout | None:
+    """The default ``encoder``: none declared (the network's encoder cannot be extracted as a chain of stages)."""
+    return None
+
+
 @dataclass(frozen=True)
 class SkipFusion:
     """A convolution whose input is ``cat((upsampled, skip), dim=1)``: the first ``up_channels`` input channels come
@@ -140,8 +187,9 @@ class ArchitectureSpec:
     # whether a network (already unwrapped from DDP / torch.compile) belongs to this family
     matches: Callable[[nn.Module], bool]
     # parameter groups in order: {group: [regex, ...]}, each regex fullmatched against parameter names; every
-    # parameter in exactly one group (see nnunet_transfer.core.schedules.groups.derive_groups)
-    group_patterns: Callable[[nn.Module], dict[str, list[str]]] = lambda network: {"all": [r".+"]}
+    # parameter in exactly one group (see nnunet_transfer.core.schedules.groups.derive_groups); default: what the
+    # network declares (parameter_group_patterns), else one group "all"
+    group_patterns: Callable[[nn.Module], dict[str, list[str]]] = declared_group_patterns
     # regex (fullmatch against every name of a tensor) naming segmentation-head tensors, whose output channels
     # (dim 0) the loader copies by label name; a loader option head_pattern given by the caller wins
     head_pattern: str = SEG_LAYERS_HEAD_PATTERN
@@ -151,11 +199,14 @@ class ArchitectureSpec:
     positional_embedding: Callable[[nn.Module], str | None] = declared_positional_embedding
     # convolutions over cat(upsampled, skip) and what computes each skip (see SkipFusion); none: feature off
     skip_fusions: Callable[[nn.Module], list[SkipFusion]] = no_skip_fusions
+    # the encoder as a chain of stages (see EncoderLayout), or None: the family's encoder cannot be extracted
+    encoder: Callable[[nn.Module], EncoderLayout | None] = no_encoder
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ArchitectureError(f"ArchitectureSpec.name must be a non-empty string, got {self.name!r}")
-        for field in ("matches", "group_patterns", "input_projection", "positional_embedding", "skip_fusions"):
+        for field in ("matches", "group_patterns", "input_projection", "positional_embedding", "skip_fusions",
+                      "encoder"):
             if not callable(getattr(self, field)):
                 raise ArchitectureError(f"ArchitectureSpec {self.name!r}: {field} must be a function of the network")
         try:
@@ -262,9 +313,43 @@ def _unet_skip_fusions(network: nn.Module) -> list[SkipFusion]:
     return fusions
 
 
-PLAIN_CONV_UNET = ArchitectureSpec("PlainConvUNet", _plain_conv_unet, _unet_groups, skip_fusions=_unet_skip_fusions)
+def _unet_encoder(network: nn.Module) -> EncoderLayout | None:
+    """dynamic_network_architectures' PlainConvEncoder / ResidualEncoder: the module that holds the declared
+    ``key_to_encoder`` (``encoder.stages``) runs its stem (``key_to_stem`` when outside the stages; PlainConvUNet's is
+    stage 0), then every stage; each stage's output is one skip. Declared only where that encoder's forward is the
+    library's own, so that the chain computes exactly what the network computes; channels and strides are the ones
+    the encoder keeps (``output_channels``, ``strides``)."""
+    enc = _declared(network, "key_to_encoder", "encoder.stages")
+    owner_name = enc.rpartition(".")[0]
+    try:
+        owner, stages = network.get_submodule(owner_name), network.get_submodule(enc)
+    except AttributeError:
+        return None
+    if not (_forward_of(owner, "PlainConvEncoder.forward", "ResidualEncoder.forward")
+            and getattr(owner, "stages", None) is stages and isinstance(stages, nn.Sequential) and len(stages)):
+        return None
+    channels, strides = getattr(owner, "output_channels", None), getattr(owner, "strides", None)
+    if not (isinstance(channels, list | tuple) and isinstance(strides, list | tuple)
+            and len(channels) == len(strides) == len(stages)):
+        return None
+    stem_module = getattr(owner, "stem", None)  # ResidualEncoder runs it before the stages; PlainConvEncoder has none
+    stem = _declared(network, "key_to_stem", f"{owner_name}.stem")
+    if stem == enc or stem.startswith(enc + "."):  # PlainConvUNet: the declared stem is stage 0
+        stem = None
+    if stem_module is None:
+        stem = None
+    elif stem is None or not _has_module(network, stem) or network.get_submodule(stem) is not stem_module:
+        return None  # the encoder runs a stem the declaration does not name: not the library's layout
+    return EncoderLayout(stages=tuple(f"{enc}.{i}" for i in range(len(stages))),
+                         channels=tuple(int(c) for c in channels),
+                         strides=tuple(tuple(int(x) for x in s) for s in strides),
+                         stem=stem)
+
+
+PLAIN_CONV_UNET = ArchitectureSpec("PlainConvUNet", _plain_conv_unet, _unet_groups, skip_fusions=_unet_skip_fusions,
+                                   encoder=_unet_encoder)
 RESIDUAL_ENCODER_UNET = ArchitectureSpec("ResidualEncoderUNet", _residual_encoder_unet, _unet_groups,
-                                         skip_fusions=_unet_skip_fusions)
+                                         skip_fusions=_unet_skip_fusions, encoder=_unet_encoder)
 
 
 # --- Primus (patch embedding, EVA ViT, patch decoder) -------------------------------------------------------------
@@ -300,7 +385,8 @@ def _primus_positional_embedding(network: nn.Module) -> str | None:
 PRIMUS = ArchitectureSpec("Primus", _primus, _primus_groups, NO_HEADS,
                           positional_embedding=_primus_positional_embedding)
 
-# Any other network: one group, the first convolution guessed (or keys_to_in_proj if declared), seg_layers heads.
+# Any other network: the groups it declares (parameter_group_patterns) or one group, the first convolution guessed (or
+# keys_to_in_proj if declared), seg_layers heads, no encoder layout.
 GENERIC = ArchitectureSpec("generic", lambda network: True)
 
 _REGISTRY: list[ArchitectureSpec] = [PLAIN_CONV_UNET, RESIDUAL_ENCODER_UNET, PRIMUS]

@@ -20,7 +20,6 @@ import queue
 import shlex
 import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import IO, Any
 
 import yaml
 
+from nnunet_transfer.core.commands import console_script
 from nnunet_transfer.core.io import write_text_atomic
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
 from nnunet_transfer.demo.dice import foreground_names, format_dice, format_dice_comparison
@@ -44,11 +44,6 @@ RECIPE = "quick"
 TRAINER = "nnUNetTrainerAdaptiveFT"
 NNUNET_ITERATIONS = 250  # nnUNetTrainer.num_iterations_per_epoch (nnUNetTrainer_1epoch keeps it)
 _EOF = b""
-
-
-def _bin(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
 
 
 def _pump(stream: IO[bytes], lines: queue.Queue[bytes]) -> None:
@@ -151,9 +146,9 @@ def run_demo(workdir: Path, force: bool = False, baseline: bool = False) -> int:
                  channel_names={"0": "T1", "1": "T2"}, labels=TARGET_LABELS, seed=1)
     print("made synthetic datasets: source (1 channel, 1 mm isotropic), target (2 channels, 1x1x3 mm)")
 
-    run_step([_bin("nnUNetv2_plan_and_preprocess"), "-d", str(SOURCE), str(TARGET), "-c", "3d_fullres",
+    run_step([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(SOURCE), str(TARGET), "-c", "3d_fullres",
               "-npfp", "2", "-np", "2"], env, log, StepProgress("preprocess", log))
-    run_step([_bin("nnUNetv2_train"), str(SOURCE), "3d_fullres", "0", "-tr", "nnUNetTrainer_1epoch",
+    run_step([console_script("nnUNetv2_train"), str(SOURCE), "3d_fullres", "0", "-tr", "nnUNetTrainer_1epoch",
               "-device", device], env, log,
              StepProgress("pretrain", log, total_epochs=1, label_names=foreground_names(SOURCE_LABELS),
                           budget=f"1 epoch x {NNUNET_ITERATIONS} iterations"))
@@ -161,13 +156,13 @@ def run_demo(workdir: Path, force: bool = False, baseline: bool = False) -> int:
                   / "fold_0" / "checkpoint_final.pth")
     env[RECIPE_ENV_VAR] = RECIPE
     target_names = foreground_names(TARGET_LABELS)
-    run_step([_bin("nnUNetv2_train"), str(TARGET), "3d_fullres", "0", "-tr", TRAINER,
+    run_step([console_script("nnUNetv2_train"), str(TARGET), "3d_fullres", "0", "-tr", TRAINER,
               "-pretrained_weights", str(checkpoint), "-device", device], env, log,
              StepProgress("fine-tune", log, total_epochs=recipe.num_epochs, label_names=target_names, budget=budget))
     if baseline:
         scratch_env = {**env, "nnUNet_results": str(workdir / "results_scratch"),
                        RECIPE_ENV_VAR: str(_scratch_recipe(recipe, workdir / f"{RECIPE}_from_scratch.yaml"))}
-        run_step([_bin("nnUNetv2_train"), str(TARGET), "3d_fullres", "0", "-tr", TRAINER, "-device", device],
+        run_step([console_script("nnUNetv2_train"), str(TARGET), "3d_fullres", "0", "-tr", TRAINER, "-device", device],
                  scratch_env, log,
                  StepProgress("scratch", log, total_epochs=recipe.num_epochs, label_names=target_names,
                               budget=f"{budget}, no pretrained weights"))

@@ -21,8 +21,10 @@ __all__ = [
     "NnUNetRoots",
     "TargetDataset",
     "dataset_name",
+    "ensure_default_splits",
     "find_target_dataset",
     "locate_dataset",
+    "raw_case_identifiers",
     "read_json",
 ]
 
@@ -174,3 +176,42 @@ def find_target_dataset(
             f"{plans_file}: plans not found (plans in {folder}: {have or 'none'}); run nnUNetv2_plan_and_preprocess"
         )
     return TargetDataset(location.name, folder, plans_file, read_json(plans_file), read_json(folder / "dataset.json"))
+
+
+def raw_case_identifiers(raw_folder: str | os.PathLike) -> list[str]:
+    """The training cases of a raw dataset folder, as nnU-Net's preprocessing finds them: the keys of
+    ``dataset.json``'s ``dataset`` section, else the case names of ``imagesTr`` (``CASE_XXXX<file_ending>``).
+
+    PlansError naming the file when ``dataset.json`` is missing or invalid.
+    """
+    folder = Path(raw_folder)
+    dataset_json = read_json(folder / "dataset.json")
+    if isinstance(dataset_json.get("dataset"), dict):
+        return sorted(dataset_json["dataset"])
+    if "file_ending" not in dataset_json:
+        raise PlansError(f"{folder / 'dataset.json'}: no file_ending")
+    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+
+    images = folder / "imagesTr"
+    if not images.is_dir():
+        return []
+    return [str(i) for i in get_identifiers_from_splitted_dataset_folder(str(images), dataset_json["file_ending"])]
+
+
+def ensure_default_splits(preprocessed_dataset_folder: str | os.PathLike, identifiers: list[str]) -> Path | None:
+    """Write nnU-Net's default ``splits_final.json`` (5 folds, seed 12345, over the sorted case identifiers: what
+    ``nnUNetTrainer.do_split`` writes on its first run) when the folder has none; returns the path written, or None.
+
+    Folds trained at the same time (one per GPU, two campaign runs) would otherwise each write the file while another
+    reads it. Written atomically; with fewer than 5 cases nothing is written (nnU-Net decides).
+    """
+    from nnunet_transfer.core.io import write_json_atomic
+
+    path = Path(preprocessed_dataset_folder) / "splits_final.json"
+    if path.exists() or len(identifiers) < 5:
+        return None
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    splits = generate_crossval_split(sorted(identifiers), seed=12345, n_splits=5)
+    data = [{k: [str(i) for i in v] for k, v in split.items()} for split in splits]
+    return write_json_atomic(path, data, indent=4)

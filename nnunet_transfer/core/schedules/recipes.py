@@ -114,9 +114,9 @@ class Recipe(BaseModel):
 
 
 def available_recipes() -> list[str]:
-    """Names of the recipes shipped in ``nnunet_transfer/configs``."""
+    """Names of the recipes shipped in ``nnunet_transfer/configs`` (its YAML files; subfolders hold other files)."""
     folder = resources.files("nnunet_transfer") / "configs"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and p.is_file())
 
 
 def _format_error(where: str, e: ValidationError) -> str:
@@ -138,8 +138,9 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         text = path.read_text()
         where = str(path)
     else:
+        # a shipped recipe is a bare name: configs/ also holds other files in subfolders (campaigns/example.yaml)
         shipped = resources.files("nnunet_transfer") / "configs" / f"{text_name}.yaml"
-        if not shipped.is_file():
+        if "/" in text_name or os.sep in text_name or not shipped.is_file():
             raise RecipeError(f"recipe {text_name!r} not found: not a file, and not a shipped recipe "
                               f"(shipped: {', '.join(available_recipes())})")
         text = shipped.read_text()
