@@ -62,3 +62,42 @@ def test_the_names_are_submitits(tmp_path):
         ex.update_parameters(**{name: None})  # None: checked by name, not set
     with pytest.raises(NameError):
         ex.update_parameters(slurm_partiton="gpu")
+
+
+def test_a_campaign_file_with_a_typo_in_its_slurm_section(tmp_path, monkeypatch):
+    """Through the campaign loader: one line naming the file, the section and the key; nothing created."""
+    from campaign_helpers import campaign_dict, make_roots, write_campaign
+
+    from nnunet_transfer.campaigns.spec import load_campaign
+    from nnunet_transfer.errors import CampaignError
+
+    make_roots(tmp_path, monkeypatch)
+    path = write_campaign(tmp_path / "c.yaml", campaign_dict(
+        executor={"kind": "slurm", "timeout_min": 60, "slurm_partiton": "gpu"}))
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    assert str(info.value).startswith(f"{path}: executor: slurm_partiton: not a parameter of submitit's SLURM "
+                                      "executor (did you mean slurm_partition"), str(info.value)
+    assert not (tmp_path / "unit.campaign").exists()
+    good = write_campaign(tmp_path / "c.yaml", campaign_dict(
+        executor={"kind": "slurm", "timeout_min": 60, "slurm_partition": "gpu", "folder": "jobs"}))
+    assert load_campaign(good).spec.executor.parameters == {"timeout_min": 60, "slurm_partition": "gpu"}
+
+
+def test_run_slurm_where_there_is_no_slurm(tmp_path, monkeypatch):
+    """No srun on PATH: a SlurmError (exit 2) saying so, before any line of progress or any file."""
+    from campaign_helpers import campaign_dict, make_roots, write_campaign
+
+    from nnunet_transfer.campaigns.slurm import SlurmError, run_slurm
+    from nnunet_transfer.campaigns.spec import load_campaign
+
+    make_roots(tmp_path, monkeypatch)
+    campaign = load_campaign(write_campaign(tmp_path / "c.yaml", campaign_dict(executor={"kind": "slurm"})))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    lines: list[str] = []
+    with pytest.raises(SlurmError) as info:
+        run_slurm(campaign, lines.append)
+    assert info.value.exit_code == 2
+    assert "executor: kind slurm, but SLURM is not usable here" in str(info.value)
+    assert "use executor: {kind: local}" in str(info.value)
+    assert lines == [] and not campaign.workdir.exists()
