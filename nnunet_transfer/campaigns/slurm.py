@@ -623,7 +623,14 @@ def run_slurm(campaign: Campaign, echo: Echo = print) -> int:
          f"jobs in {run.folder}, logs in {campaign.workdir / 'logs'}")
     start = time.monotonic()
     try:
-        run.submit()
+        try:
+            run.submit()
+        except SlurmError:
+            if run.watched:  # some targets' jobs went in before sbatch refused one
+                ids = sorted({w.job.job_id.split("_")[0] for w in run.watched})
+                echo(f"campaign {campaign.name}: the jobs submitted so far keep running ({', '.join(ids)}); a new "
+                     f"`nnunet-transfer campaign run {campaign.path}` waits for them")
+            raise
         run.wait()
     except KeyboardInterrupt:
         return run.detach()
