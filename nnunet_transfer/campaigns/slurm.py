@@ -16,10 +16,12 @@ submitit itself when the campaign file is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import inspect
+import io
 import json
 import re
 import subprocess
@@ -409,12 +411,13 @@ class _SlurmRun:
         ex = self._executor(name, dependency)
         cls = _job_class()
         jobs: list[Any] = []
-        try:
-            if len(tasks) == 1:
-                jobs = [ex.submit(cls(self.campaign, tasks[0].id, self.interrupt_timeout))]
-            else:
-                with ex.batch():
-                    jobs = [ex.submit(cls(self.campaign, t.id, self.interrupt_timeout)) for t in tasks]
+        try:  # submitit prints sbatch's complaint too: our error says it once
+            with contextlib.redirect_stderr(io.StringIO()):
+                if len(tasks) == 1:
+                    jobs = [ex.submit(cls(self.campaign, tasks[0].id, self.interrupt_timeout))]
+                else:
+                    with ex.batch():
+                        jobs = [ex.submit(cls(self.campaign, t.id, self.interrupt_timeout)) for t in tasks]
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
             raise SlurmError(f"{self.campaign.path}: sbatch refused the job {name}: {_last_line(str(e))}") from None
         return jobs

@@ -259,7 +259,7 @@ def _wait(predicate, timeout: float, what: str, output: _Output, proc: subproces
         time.sleep(0.2)
 
 
-def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str) -> Path:
+def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str, **executor) -> Path:
     recipe = tmp_path / "slurm_tiny.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     (tmp_path / "preprocessed").mkdir(exist_ok=True)
@@ -276,7 +276,7 @@ def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str) 
         "targets": targets,
         # timeout_min >= 60: below about 50, submitit counts every preemption as a time limit
         "executor": {"kind": "slurm", "timeout_min": 60, "cpus_per_task": 1, "mem_gb": 4,
-                     "slurm_array_parallelism": 2},
+                     "slurm_array_parallelism": 2, **executor},
         "device": "cpu",
     }, sort_keys=False))
     return path
@@ -413,3 +413,23 @@ def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, tmp_path):
     # never started: no output of the array's jobs in submitit's folder
     assert not list((tmp_path / "broken.campaign" / "slurm").glob(f"{array}_*_log.*"))
     assert not (tmp_path / "results" / "Dataset905_Broken").exists()
+
+
+def test_campaign_on_slurm_a_request_no_node_can_meet(slurm, tmp_path):
+    """More CPUs than any node has: sbatch refuses at once (EnforcePartLimits=ALL), and the run says why (exit 2)
+    instead of waiting on a job that would stay pending forever."""
+    from nnunet_transfer.demo.synthetic import make_dataset
+
+    make_dataset(tmp_path / "raw", 906, "Big", num_cases=5, shape=(16, 16, 16), seed=9)
+    pretrained = tmp_path / "pretrained.pth"
+    pretrained.write_bytes(b"not read: nothing runs")
+    campaign = _campaign(tmp_path, pretrained, [{"dataset": 906}], "big", cpus_per_task=slurm.cpus * 8)
+    env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
+    proc = subprocess.run([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert re.search(rf"nnunet-transfer campaign: error: {re.escape(str(campaign))}: sbatch refused the job "
+                     r"big:Dataset906_Big:prepare: sbatch: error: Batch job submission failed: .+", proc.stderr), \
+        proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() == ""
