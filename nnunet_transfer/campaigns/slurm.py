@@ -1,18 +1,640 @@
-"""The SLURM executor, through submitit. (Skeleton: the executor lands with issue 10.)"""
+"""The SLURM executor, through submitit: per target its prepare task as one job, its folds as one array job that
+depends on it (``afterok``); each job runs the task as a local run does (:class:`TaskExecution`).
+
+Preemption and time limits: SLURM (or ``scancel --signal``) signals every process of the job's step, the training
+included; submitit catches SIGUSR2 (``#SBATCH --signal=USR2@<slurm_signal_delay_s>``, 90 s before the time limit,
+or at a preemption) and calls :meth:`TaskJob.checkpoint`, which passes the request on to ``nnUNetv2_train``
+(:meth:`TaskExecution.interrupt`: the AdaptiveFT trainers finish the epoch, write ``checkpoint_latest.pth`` and exit
+75) and waits for it; submitit then requeues the job (``scontrol requeue``), and the task runs again, which continues
+the fold with ``--c``. A job is requeued after a time limit at most ``slurm_max_num_timeout`` times (submitit's
+default 3); preemptions do not count.
+
+The executor section takes submitit's own parameter names (``timeout_min``, ``cpus_per_task``, ``gpus_per_node``,
+``mem_gb``, ``slurm_partition``, ``slurm_array_parallelism``, ``slurm_additional_parameters``...), checked against
+submitit itself when the campaign file is loaded.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import dataclasses
+import difflib
+import functools
+import inspect
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
-__all__ = ["SlurmExecutorSpec"]
+from nnunet_transfer.errors import TransferError
+
+if TYPE_CHECKING:
+    from nnunet_transfer.campaigns.execute import Outcome
+    from nnunet_transfer.campaigns.spec import Campaign
+
+__all__ = ["SlurmError", "SlurmExecutorSpec", "TaskJob", "run_slurm", "submitit_parameters"]
+
+Echo = Callable[[str], None]
+
+#: keys the campaign sets itself on every job
+RESERVED = {"name": "jobs are named after the campaign and target", "slurm_job_name": "jobs are named after the "
+            "campaign and target"}
+#: keys that must stay 1: a task is one nnUNetv2_train process (submitit would start one copy per SLURM task)
+SINGLE = ("nodes", "tasks_per_node", "slurm_nodes", "slurm_ntasks_per_node", "slurm_tasks_per_node")
+#: seconds between looks at the jobs' output and result files; sacct is asked every SACCT_SECONDS, and at most
+#: every SACCT_MIN_SECONDS when a result file appears
+POLL_SECONDS = 1.0
+SACCT_SECONDS = 15.0
+SACCT_MIN_SECONDS = 2.0
+#: sacct states after which a job runs no more (a requeued job goes back to PENDING)
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+         "REVOKED"}
+#: sacct states of a job that runs or will run again: a result file seen then is from an earlier run
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING",
+          "PREEMPTED"}
+
+
+class SlurmError(TransferError):
+    """SLURM cannot be used here (no ``sbatch``/``srun``), or a submission failed."""
+
+
+class PrepareFailed(RuntimeError):
+    """Raised by a prepare job whose task did not end done: SLURM counts the job FAILED, so that its folds' array
+    job (``afterok``) never starts. The message is the task's outcome as JSON (read back by the waiting run)."""
+
+    MARK = "PrepareFailed: "
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> PrepareFailed:
+        return cls(json.dumps({"status": outcome.status, "message": outcome.message,
+                               "log": str(outcome.log) if outcome.log else None, "elapsed": outcome.elapsed}))
+
+    @classmethod
+    def outcome(cls, task_id: str, text: str) -> Outcome | None:
+        """The outcome in a job's error text, or None."""
+        from nnunet_transfer.campaigns.execute import Outcome
+
+        line = next((ln for ln in reversed(text.splitlines()) if cls.MARK in ln), None)
+        if line is None:
+            return None
+        try:
+            d = json.loads(line.split(cls.MARK, 1)[1])
+            return Outcome(task_id, d["status"], d["message"], Path(d["log"]) if d["log"] else None,
+                           float(d["elapsed"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+# --- the executor section ------------------------------------------------------------------------------------------
+@functools.cache
+def submitit_parameters() -> dict[str, Any]:
+    """The keys the executor section may hold, each with the type submitit declares for it: AutoExecutor's generic
+    parameters (``timeout_min``...), and ``slurm_`` + each parameter of submitit's SlurmExecutor (its
+    ``update_parameters`` and its constructor: ``slurm_partition``, ``slurm_max_num_timeout``...)."""
+    from submitit import AutoExecutor
+    from submitit.slurm import slurm
+
+    generic: dict[str, Any] = dict(AutoExecutor._typed_parameters())
+    names: dict[str, Any] = dict(generic)
+    sbatch = inspect.signature(slurm._make_sbatch_string).parameters
+    for name in slurm.SlurmExecutor._valid_parameters():
+        names[f"slurm_{name}"] = sbatch[name].annotation if name in sbatch else Any
+    for name, kind in generic.items():  # AutoExecutor: slurm_<generic> overrides the generic one on SLURM
+        names.setdefault(f"slurm_{name}", kind)
+    for name, p in inspect.signature(slurm.SlurmExecutor.__init__).parameters.items():
+        if name not in ("self", "folder"):
+            names[f"slurm_{name}"] = p.annotation
+    return names
+
+
+def _constructor_parameters() -> set[str]:
+    from submitit.slurm import slurm
+
+    return {f"slurm_{n}" for n in inspect.signature(slurm.SlurmExecutor.__init__).parameters} - {
+        "slurm_self", "slurm_folder"}
+
+
+def _checked(kind: Any, value: Any) -> Any:
+    """``value`` validated against submitit's declared type: scalars converted (``"60"`` -> 60), others as given."""
+    converted = TypeAdapter(kind).validate_python(value)
+    return converted if isinstance(converted, (bool, int, float, str, type(None))) else value
+
+
+def _unknown(key: str, known: dict[str, Any]) -> str:
+    allowed = [k for k in known if k not in RESERVED]
+    close = [f"slurm_{key}"] if f"slurm_{key}" in allowed else difflib.get_close_matches(key, allowed, n=2,
+                                                                                        cutoff=0.75)
+    if close:
+        return f"{key}: not a parameter of submitit's SLURM executor (did you mean {' or '.join(close)}?)"
+    generic = sorted(k for k in allowed if not k.startswith("slurm_"))
+    specific = sorted(k.removeprefix("slurm_") for k in allowed if k.startswith("slurm_"))
+    return (f"{key}: not a parameter of submitit's SLURM executor (submitit's names: {', '.join(generic)}, or "
+            f"slurm_ followed by one of {', '.join(specific)})")
 
 
 class SlurmExecutorSpec(BaseModel):
-    """``executor: {kind: slurm, ...}``: submitit's own parameter names (``slurm_partition``, ``timeout_min``...)."""
+    """``executor: {kind: slurm, ...}``: submitit's own parameter names (``slurm_partition``, ``timeout_min``...).
+
+    ``folder``: where submitit keeps the jobs' scripts, pickles and logs (default ``<workdir>/slurm``; relative to
+    the campaign file). Every other key is passed to ``submitit.AutoExecutor`` as is.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     kind: Literal["slurm"]
     folder: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _submitit_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = submitit_parameters()
+        out, problems = dict(data), []
+        for key, value in data.items():
+            if key in ("kind", "folder"):
+                continue
+            if not isinstance(key, str) or key not in known:
+                problems.append(_unknown(str(key), known))
+            elif key in RESERVED:
+                problems.append(f"{key}: set by the campaign ({RESERVED[key]})")
+            else:
+                try:
+                    out[key] = _checked(known[key], value)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    where = "".join(f"[{p!r}]" for p in err["loc"])
+                    problems.append(f"{key}{where}: {err['msg']} (got {value!r})")
+                    continue
+                if key in SINGLE and out[key] not in (None, 1):
+                    problems.append(f"{key}: must be 1 (one job per task: nnUNetv2_train is one process; got "
+                                    f"{value!r})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return out
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The submitit parameters (every key but ``kind`` and ``folder``)."""
+        return dict(self.model_extra or {})
+
+
+# --- one job -------------------------------------------------------------------------------------------------------
+def _job_echo(line: str) -> None:
+    print(line, flush=True)
+
+
+class TaskJob:
+    """The callable a SLURM job runs: one task of the campaign (:meth:`TaskExecution.run`), returning its
+    :class:`Outcome`. Submitted as a submitit ``Checkpointable`` (:func:`_job_class`): on preemption or time limit
+    :meth:`checkpoint` stops the training with a checkpoint and hands submitit the same task to run again."""
+
+    def __init__(self, campaign: Campaign, task_id: str, interrupt_timeout: float) -> None:
+        self.campaign = campaign
+        self.task_id = task_id
+        self.interrupt_timeout = interrupt_timeout
+        self._execution: Any = None
+
+    def __call__(self) -> Outcome:
+        from nnunet_transfer.campaigns.execute import TaskExecution
+
+        restarts = _restart_count()
+        _job_echo(f"{self.task_id}: SLURM job {_job_id()}, run {restarts + 1}" + (" (requeued)" if restarts else ""))
+        self._execution = TaskExecution(self.campaign, self.task_id, echo=_job_echo)
+        try:
+            outcome = self._execution.run()
+        finally:
+            self._execution = None
+        if outcome.status == "failed" and "timed-out too many times" in outcome.message:
+            # submitit's UncompletedJobError, raised in the signal handler after the checkpoint
+            outcome = dataclasses.replace(outcome, message=(
+                "reached its time limit more often than slurm_max_num_timeout allows (submitit's default 3; the "
+                "checkpoint is saved): raise timeout_min or slurm_max_num_timeout, and run again to continue"))
+        _job_echo(f"{self.task_id}: {outcome.status}: {outcome.message}")
+        if outcome.status == "preempted" and _requeue_self():
+            # the training stopped on a signal that did not come through submitit (SIGTERM of a preemption with
+            # PreemptMode=REQUEUE, scontrol requeue...): like submitit, requeue and leave no result
+            _job_echo(f"{self.task_id}: checkpoint written (the training stopped on a signal); requeued, it continues "
+                      "with --c")
+            sys.exit(-1)
+        if self.task_id.endswith("/prepare") and outcome.status not in ("done", "skipped"):
+            raise PrepareFailed.of(outcome)
+        return outcome
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit in the job's main thread on SIGUSR2 (preemption, time limit near): asks the running
+        ``nnUNetv2_train`` to stop at the end of its epoch with a checkpoint, waits for it (at most
+        ``interrupt_timeout`` seconds), and returns the task to run again after the requeue (``--c``)."""
+        from submitit.helpers import DelayedSubmission
+
+        execution = self._execution
+        if execution is not None:
+            _job_echo(f"{self.task_id}: preempted or near the time limit: asking the training to save and stop "
+                      f"(waiting up to {self.interrupt_timeout:.0f} s)")
+            saved = execution.interrupt(self.interrupt_timeout)
+            _job_echo(f"{self.task_id}: " + ("checkpoint written; requeued, it continues with --c" if saved else
+                                             "no checkpoint written now (nothing was training, or it did not stop "
+                                             "in time); requeued, it continues from its last checkpoint"))
+        _ignore_requeue_signals()
+        return DelayedSubmission(_job_class()(self.campaign, self.task_id, self.interrupt_timeout))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_execution"] = None  # a running process: never pickled
+        return state
+
+
+@functools.cache
+def _job_class() -> type:
+    """:class:`TaskJob` as a ``submitit.helpers.Checkpointable``, made on first use so that importing this module
+    does not import submitit; reachable as ``slurm.CheckpointableTaskJob`` (jobs unpickle it by that name)."""
+    from submitit.helpers import Checkpointable
+
+    cls = type("CheckpointableTaskJob", (TaskJob, Checkpointable), {"__module__": __name__, "__doc__": TaskJob.__doc__})
+    cls.__qualname__ = "CheckpointableTaskJob"
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CheckpointableTaskJob":
+        return _job_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _requeue_self() -> bool:
+    """``scontrol requeue`` this job (as submitit does after a checkpoint); False when SLURM refuses (the job is
+    cancelled: then it ends with its outcome). Submitit's preemption signal is ignored from now on: this run only
+    ends."""
+    import os
+    import signal
+
+    from submitit.core.job_environment import JobEnvironment
+
+    signal.signal(JobEnvironment._usr_sig(), signal.SIG_IGN)
+    _ignore_requeue_signals()
+    job = _job_id()
+    if job == "?" or not os.environ.get("SLURM_JOB_ID"):
+        return False
+    try:
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def _ignore_requeue_signals() -> None:
+    """Ignore SIGTERM from here on, in this process and the ``scontrol requeue`` it starts next: a requeue signals
+    every process of the job, ``scontrol`` included, which could die before it reports the requeue done (submitit
+    would then fail the job). The job only exits after the requeue."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _restart_count() -> int:
+    import os
+
+    value = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def _job_id() -> str:
+    import os
+
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')}"
+    return os.environ.get("SLURM_JOB_ID", "?")
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+@dataclass
+class _Watched:
+    """A submitted (or already queued) task and what was last shown of it."""
+
+    number: int
+    task: Any
+    job: Any  # submitit SlurmJob
+    shown: str = "queued"  # queued | running | ended
+    runs: int = 0
+    read: int = 0  # bytes of the job's stdout already read
+    outcome: Outcome | None = None
+    dependents: list[_Watched] = field(default_factory=list)
+
+
+class _SlurmRun:
+    def __init__(self, campaign: Campaign, echo: Echo) -> None:
+        spec = campaign.spec.executor
+        self.campaign = campaign
+        self.echo = echo
+        self.params = spec.parameters
+        folder = Path(spec.folder).expanduser() if spec.folder else campaign.workdir / "slurm"
+        self.folder = folder if folder.is_absolute() else (campaign.path.parent / folder)
+        delay = self.params.get("slurm_signal_delay_s", 90)
+        # submitit signals the job signal_delay_s before the time limit: leave a margin for its requeue
+        self.interrupt_timeout = float(max(10, int(delay) - 15))
+        self.watched: list[_Watched] = []
+        self.total = len(campaign.tasks)
+        self.finished = 0
+        self._last_sacct = float("-inf")
+
+    # --- submission ---------------------------------------------------------------------------------------------
+    def _executor(self, name: str, dependency: str | None) -> Any:
+        import submitit
+
+        params = dict(self.params)
+        ctor = {k: params.pop(k) for k in list(params) if k in _constructor_parameters()}
+        extra = dict(params.pop("slurm_additional_parameters", None) or {})
+        deps = [d for d in (extra.get("dependency"), params.pop("slurm_dependency", None), dependency) if d]
+        if deps:
+            extra["dependency"] = ",".join(deps)
+        if extra:
+            params["slurm_additional_parameters"] = extra
+        try:
+            ex = submitit.AutoExecutor(self.folder, cluster="slurm", **ctor)
+        except RuntimeError as e:  # no srun: not on a SLURM cluster
+            raise SlurmError(f"{self.campaign.path}: executor: kind slurm, but SLURM is not usable here ({e}); run "
+                             "the campaign where sbatch and srun work, or use executor: {kind: local}") from None
+        ex.update_parameters(name=name, **params)
+        return ex
+
+    def submit(self) -> None:
+        from nnunet_transfer.campaigns.state import train_done
+
+        c = self.campaign
+        queued = self._queued_jobs()
+        number = 0
+        for prepare in c.prepare_tasks:
+            trains = c.trains_of(prepare)
+            numbered = list(enumerate(trains, start=number + 2))
+            todo = [(n, t) for n, t in numbered if not train_done(t)]
+            if not todo:
+                self.echo(f"[{number + 1}/{self.total}] {prepare.label}: done already (every fold is done)")
+            for n, t in numbered:
+                if (n, t) not in todo:
+                    self.echo(f"[{n}/{self.total}] {t.label}: done already")
+            prep_number = number + 1
+            number += 1 + len(trains)
+            self.finished += len(numbered) - len(todo) + (0 if todo else 1)
+            if not todo:
+                continue
+            name = f"{c.name}:{prepare.dataset}"
+            fresh = [t for _, t in todo if t.id not in queued]
+            prep: _Watched | None = None
+            if prepare.id in queued or fresh:
+                job = queued.get(prepare.id) or self._submit_one(f"{name}:prepare", prepare, None)
+                prep = self._watch(prep_number, prepare, job, queued)
+            else:  # every fold left is queued from an earlier run, after a prepare job that ended
+                self.finished += 1
+                self.echo(f"[{prep_number}/{self.total}] {prepare.label}: done (its folds are queued)")
+            jobs = self._submit_many(f"{name}:train", fresh, prep.job.job_id if prep else None) if fresh else []
+            new = {t.id: j for t, j in zip(fresh, jobs, strict=True)}
+            for n, t in todo:
+                w = self._watch(n, t, queued.get(t.id) or new[t.id], queued)
+                if prep is not None:
+                    prep.dependents.append(w)
+
+    def _submit_one(self, name: str, task: Any, dependency: str | None) -> Any:
+        return self._submit_many(name, [task], dependency)[0]
+
+    def _submit_many(self, name: str, tasks: list[Any], dependency: str | None) -> list[Any]:
+        import submitit
+
+        ex = self._executor(name, dependency)
+        cls = _job_class()
+        jobs: list[Any] = []
+        try:  # submitit prints sbatch's complaint too: our error says it once
+            with contextlib.redirect_stderr(io.StringIO()):
+                if len(tasks) == 1:
+                    jobs = [ex.submit(cls(self.campaign, tasks[0].id, self.interrupt_timeout))]
+                else:
+                    with ex.batch():
+                        jobs = [ex.submit(cls(self.campaign, t.id, self.interrupt_timeout)) for t in tasks]
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
+            raise SlurmError(f"{self.campaign.path}: sbatch refused the job {name}: {_last_line(str(e))}") from None
+        return jobs
+
+    def _watch(self, number: int, task: Any, job: Any, queued: dict[str, Any]) -> _Watched:
+        w = _Watched(number, task, job)
+        self.watched.append(w)
+        dep = "" if not getattr(task, "prepare_id", None) else " after its prepare job"
+        what = "already in the queue as" if task.id in queued else "submitted as"
+        self.echo(f"[{number}/{self.total}] {task.label}: {what} SLURM job {job.job_id}{dep}")
+        return w
+
+    def _queued_jobs(self) -> dict[str, Any]:
+        """Tasks of this campaign whose jobs (from an earlier ``campaign run``) are still pending or running: found
+        through ``squeue`` and the job's submission pickle in our submitit folder; they are watched, not submitted
+        again."""
+        from submitit.core.utils import DelayedSubmission
+        from submitit.slurm.slurm import SlurmJob
+
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i"], capture_output=True, text=True,
+                                 timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+        found: dict[str, Any] = {}
+        for job_id in out.stdout.split() if out.returncode == 0 else []:
+            pickle = self.folder / f"{job_id}_submitted.pkl"
+            if not pickle.is_file():
+                continue
+            try:
+                function = DelayedSubmission.load(pickle).function
+            except Exception:  # not ours, or from another version: leave it alone
+                continue
+            task_id = getattr(function, "task_id", None)
+            if isinstance(function, TaskJob) and task_id and getattr(function.campaign, "path", None) == \
+                    self.campaign.path:
+                found[task_id] = SlurmJob(folder=self.folder, job_id=job_id)
+        return found
+
+    # --- waiting ------------------------------------------------------------------------------------------------
+    def wait(self) -> None:
+        while any(w.shown != "ended" for w in self.watched):
+            self._sacct(SACCT_SECONDS)
+            for w in self.watched:
+                if w.shown == "ended":
+                    continue
+                self._news(w)
+                state = self._state(w)
+                if w.job.paths.result_pickle.exists():
+                    # the result of this run, unless SLURM runs the job again (requeued after that result)
+                    if state in ACTIVE:
+                        self._sacct(SACCT_MIN_SECONDS)
+                        state = self._state(w)
+                    if state not in ACTIVE:
+                        self._ended(w, state)
+                elif state in ENDED:
+                    self._ended(w, state)
+            time.sleep(POLL_SECONDS)
+
+    def _sacct(self, interval: float) -> None:
+        """Ask sacct about every job at once if the last time was ``interval`` seconds ago or more."""
+        from submitit.slurm.slurm import SlurmJob
+
+        now = time.monotonic()
+        if now - self._last_sacct >= interval:
+            SlurmJob.watcher.update()
+            self._last_sacct = now
+
+    def _state(self, w: _Watched) -> str:
+        from submitit.slurm.slurm import SlurmJob
+
+        return SlurmJob.watcher.get_state(w.job.job_id, mode="cache").split(" ")[0]
+
+    def _news(self, w: _Watched) -> None:
+        """Show what the job says in its output (:class:`TaskJob`'s lines): a run starts, a preemption is saved."""
+        path = w.job.paths.stdout
+        try:
+            if path.stat().st_size <= w.read:
+                return
+            with open(path, "rb") as f:
+                f.seek(w.read)
+                chunk = f.read()
+        except OSError:
+            return
+        end = chunk.rfind(b"\n") + 1  # whole lines only
+        w.read += end
+        head = f"[{w.number}/{self.total}] {w.task.label}"
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            if not line.startswith(f"{w.task.id}: "):
+                continue
+            text = line[len(w.task.id) + 2:]
+            if m := re.match(r"SLURM job \S+, run (\d+)", text):
+                w.shown, w.runs = "running", int(m.group(1))
+                again = f" again (run {w.runs}, requeued)" if w.runs > 1 else ""
+                self.echo(f"{head}: running{again} (SLURM job {w.job.job_id}; log: "
+                          f"{self.campaign.log_path(w.task)})")
+            elif text.startswith("preempted or near the time limit"):
+                self.echo(f"{head}: preempted or at its time limit (SLURM job {w.job.job_id}): the training saves "
+                          "a checkpoint at the end of its epoch")
+            elif text.startswith("preempted: "):  # the training stopped on a signal SLURM sent it directly
+                self.echo(f"{head}: preempted (SLURM job {w.job.job_id}): {text.removeprefix('preempted: ')}")
+            elif "requeued" in text:
+                w.shown = "queued"
+                saved = text.startswith("checkpoint written")
+                self.echo(f"{head}: requeued (SLURM job {w.job.job_id}); it continues from "
+                          + ("the checkpoint it just wrote" if saved else "its last checkpoint"))
+
+    def _ended(self, w: _Watched, state: str) -> None:
+        from nnunet_transfer.campaigns.execute import Outcome
+
+        try:
+            outcome = w.job.result()
+            if not isinstance(outcome, Outcome):
+                raise TypeError(f"the job returned {outcome!r}")
+        except Exception as e:  # the job died (cancelled, out of memory, node failure) or raised
+            outcome = PrepareFailed.outcome(w.task.id, str(e)) or Outcome(
+                w.task.id, "failed", f"SLURM job {w.job.job_id} ended {state or 'without a result'}: {_job_error(e)} "
+                f"(job log: {w.job.paths.stderr})", self.campaign.log_path(w.task), 0.0)
+        self._finish(w, outcome)
+        if outcome.status not in ("done", "skipped"):
+            for d in w.dependents:  # a failed prepare: its folds never start (afterok), cancel them
+                if d.shown != "ended" and not d.job.paths.result_pickle.exists():
+                    subprocess.run(["scancel", d.job.job_id], capture_output=True, timeout=60)
+                    self._finish(d, Outcome(d.task.id, "blocked", f"its prepare step {outcome.status}: "
+                                            f"{outcome.message}", None, 0.0), " cancelled")
+
+    def _finish(self, w: _Watched, o: Outcome, job_note: str = "") -> None:
+        from nnunet_transfer.demo.progress import format_elapsed
+
+        w.shown, w.outcome = "ended", o
+        self.finished += 1
+        took = format_elapsed(o.elapsed)
+        text = {
+            "done": f"done in {took}" + (f" ({o.message})" if o.message else ""),
+            "skipped": f"skipped ({o.message})",
+            "busy": f"skipped (busy: {o.message})",
+            "blocked": f"blocked ({o.message})",
+            "failed": f"failed after {took}: {o.message} (log: {o.log})",
+            "preempted": f"preempted after {took}: {o.message}",
+        }[o.status]
+        left = self.total - self.finished
+        self.echo(f"[{w.number}/{self.total}] {w.task.label}: {text} (SLURM job {w.job.job_id}{job_note})"
+                  + (f" (left: {left} task{'s' if left > 1 else ''})" if left else ""))
+
+    # --- the end ------------------------------------------------------------------------------------------------
+    def summary(self, elapsed: float) -> int:
+        from collections import Counter
+
+        from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
+        from nnunet_transfer.demo.progress import format_elapsed
+
+        counts = Counter(w.outcome.status for w in self.watched if w.outcome is not None)
+        already = self.total - len(self.watched)
+        done = counts["done"] + counts["skipped"] + already
+        parts = [f"{done} done" + (f" ({already + counts['skipped']} already)" if already + counts["skipped"] else "")]
+        parts += [f"{counts[s]} {s}" for s in ("failed", "blocked", "busy", "preempted") if counts[s]]
+        self.echo(f"campaign {self.campaign.name}: {self.total} tasks in {format_elapsed(elapsed)} on SLURM: "
+                  + ", ".join(parts))
+        if counts["failed"] or counts["blocked"]:
+            self.echo(f"failure records: {self.campaign.workdir / 'failures'} (see `nnunet-transfer campaign status "
+                      f"{self.campaign.path}`); run again to retry")
+            return 1
+        if counts["busy"] or counts["preempted"]:
+            self.echo("not finished: tasks left to another run or stopped without a requeue; run again to continue")
+            return PREEMPTED_EXIT_CODE
+        return 0
+
+    def detach(self) -> int:
+        from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
+
+        running = [w for w in self.watched if w.shown != "ended"]
+        ids = sorted({w.job.job_id.split("_")[0] for w in running})
+        self.echo(f"campaign {self.campaign.name}: stopped waiting; {len(running)} tasks keep running on SLURM (jobs "
+                  f"{', '.join(ids)}). Watch them with `nnunet-transfer campaign status {self.campaign.path}` or "
+                  f"`squeue -j {','.join(ids)}`; `nnunet-transfer campaign run {self.campaign.path}` again waits for "
+                  "them without submitting them twice")
+        return PREEMPTED_EXIT_CODE
+
+
+def _job_error(e: Exception) -> str:
+    """One line from submitit's job errors: the last line of the job's traceback, or the first of its message."""
+    text = str(e)
+    parts = text.split("-" * 22)
+    if len(parts) >= 3:  # FailedJobError: the job's traceback between two dashed lines
+        return _last_line(parts[1])
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:2])[:400] if lines else type(e).__name__
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    line = lines[-1] if lines else text.strip()
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
+def run_slurm(campaign: Campaign, echo: Echo = print) -> int:
+    """Run ``campaign`` on SLURM: submit the jobs of the tasks not done yet, print one line per task as its job
+    starts and ends, wait for all, print a summary. Exit status as a local run: 0 when every task is done, 1 when
+    something failed or is blocked, 75 when tasks are left (busy, preempted without a requeue, or Ctrl-C: the jobs
+    keep running)."""
+    run = _SlurmRun(campaign, echo)
+    run._executor("check", None)  # SlurmError now if SLURM is not usable here
+    campaign.workdir.mkdir(parents=True, exist_ok=True)
+    n_train = len(campaign.train_tasks)
+    echo(f"campaign {campaign.name}: {run.total} tasks ({run.total - n_train} prepare, {n_train} train) on SLURM; "
+         f"jobs in {run.folder}, logs in {campaign.workdir / 'logs'}")
+    start = time.monotonic()
+    try:
+        try:
+            run.submit()
+        except SlurmError:
+            if run.watched:  # some targets' jobs went in before sbatch refused one
+                ids = sorted({w.job.job_id.split("_")[0] for w in run.watched})
+                echo(f"campaign {campaign.name}: the jobs submitted so far keep running ({', '.join(ids)}); a new "
+                     f"`nnunet-transfer campaign run {campaign.path}` waits for them")
+            raise
+        run.wait()
+    except KeyboardInterrupt:
+        return run.detach()
+    return run.summary(time.monotonic() - start)
