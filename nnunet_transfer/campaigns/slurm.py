@@ -538,11 +538,28 @@ class _SlurmRun:
                 f"(job log: {w.job.paths.stderr})", self.campaign.log_path(w.task), 0.0)
         self._finish(w, outcome)
         if outcome.status not in ("done", "skipped"):
-            for d in w.dependents:  # a failed prepare: its folds never start (afterok), cancel them
-                if d.shown != "ended" and not d.job.paths.result_pickle.exists():
-                    subprocess.run(["scancel", d.job.job_id], capture_output=True, timeout=60)
-                    self._finish(d, Outcome(d.task.id, "blocked", f"its prepare step {outcome.status}: "
-                                            f"{outcome.message}", None, 0.0), " cancelled")
+            # a failed prepare: its folds never start (afterok), cancel them
+            blocked = [d for d in w.dependents if d.shown != "ended" and not d.job.paths.result_pickle.exists()]
+            self._cancel([d.job.job_id for d in blocked])
+            for d in blocked:
+                self._finish(d, Outcome(d.task.id, "blocked", f"its prepare step {outcome.status}: "
+                                        f"{outcome.message}", None, 0.0), " cancelled")
+
+    def _cancel(self, job_ids: list[str]) -> None:
+        """``scancel`` these jobs, a whole array by its id when all its tasks are among them (cancelling one task of a
+        pending array splits it off as a job of its own, which SLURM may start before the cancel reaches it)."""
+        watched: dict[str, set[str]] = {}
+        for w in self.watched:
+            watched.setdefault(w.job.job_id.split("_")[0], set()).add(w.job.job_id)
+        cancel = set(job_ids)
+        ids = []
+        for base, members in watched.items():
+            if "_" in next(iter(members)) and members <= cancel:
+                ids.append(base)
+                cancel -= members
+        ids += sorted(cancel)
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
 
     def _finish(self, w: _Watched, o: Outcome, job_note: str = "") -> None:
         from nnunet_transfer.demo.progress import format_elapsed

@@ -410,8 +410,10 @@ def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, tmp_path):
         assert time.monotonic() < deadline, rows
         time.sleep(0.5)
         rows = _sacct(array)
-    # never started: no output of the array's jobs in submitit's folder
-    assert not list((tmp_path / "broken.campaign" / "slurm").glob(f"{array}_*_log.*"))
+    # the folds never ran: no task log, no run of a task in the array's output
+    assert not list((tmp_path / "broken.campaign" / "logs").glob("*fold_*"))
+    outputs = [p.read_text() for p in (tmp_path / "broken.campaign" / "slurm").glob(f"{array}_*_log.out")]
+    assert not any(": SLURM job" in text for text in outputs), outputs
     assert not (tmp_path / "results" / "Dataset905_Broken").exists()
 
 
