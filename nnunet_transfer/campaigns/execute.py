@@ -37,6 +37,7 @@ from nnunet_transfer.core.commands import console_script
 from nnunet_transfer.core.io import write_json_atomic
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR
+from nnunet_transfer.demo.progress import format_elapsed
 
 __all__ = [
     "Outcome",
@@ -61,6 +62,18 @@ class Outcome:
     message: str
     log: Path | None
     elapsed: float
+
+    def describe(self) -> str:
+        """The end of a task's progress line: ``done in 1:23``, ``failed after 0:41: ... (log: ...)``..."""
+        took = format_elapsed(self.elapsed)
+        return {
+            "done": f"done in {took}" + (f" ({self.message})" if self.message else ""),
+            "skipped": f"skipped ({self.message})",
+            "busy": f"skipped (busy: {self.message})",
+            "blocked": f"blocked ({self.message})",
+            "failed": f"failed after {took}: {self.message} (log: {self.log})",
+            "preempted": f"preempted after {took}: {self.message}",
+        }[self.status]
 
 
 @functools.cache

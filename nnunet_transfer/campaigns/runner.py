@@ -159,15 +159,7 @@ class _LocalRunner:
         return f" (left: {tasks}, about {format_elapsed(eta)})"
 
     def _end_line(self, task: Task, number: int, o: Outcome) -> str:
-        took = format_elapsed(o.elapsed)
-        text = {
-            "done": f"done in {took}" + (f" ({o.message})" if o.message else ""),
-            "skipped": f"skipped ({o.message})",
-            "busy": f"skipped (busy: {o.message})",
-            "blocked": f"blocked ({o.message})",
-            "failed": f"failed after {took}: {o.message} (log: {o.log})",
-            "preempted": f"preempted after {took}: {o.message}",
-        }[o.status]
+        text = o.describe()
         return f"[{number}/{len(self.tasks)}] {task.label}: {text}{self._left()}"
 
     # --- the run ----------------------------------------------------------------------------------------------------

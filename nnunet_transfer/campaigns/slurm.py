@@ -562,19 +562,9 @@ class _SlurmRun:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
 
     def _finish(self, w: _Watched, o: Outcome, job_note: str = "") -> None:
-        from nnunet_transfer.demo.progress import format_elapsed
-
         w.shown, w.outcome = "ended", o
         self.finished += 1
-        took = format_elapsed(o.elapsed)
-        text = {
-            "done": f"done in {took}" + (f" ({o.message})" if o.message else ""),
-            "skipped": f"skipped ({o.message})",
-            "busy": f"skipped (busy: {o.message})",
-            "blocked": f"blocked ({o.message})",
-            "failed": f"failed after {took}: {o.message} (log: {o.log})",
-            "preempted": f"preempted after {took}: {o.message}",
-        }[o.status]
+        text = o.describe()
         left = self.total - self.finished
         self.echo(f"[{w.number}/{self.total}] {w.task.label}: {text} (SLURM job {w.job.job_id}{job_note})"
                   + (f" (left: {left} task{'s' if left > 1 else ''})" if left else ""))
