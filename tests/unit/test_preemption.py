@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import RECIPES, build_trainer, make_dataset_json, make_plans, trainer_folders
+from test_bookkeeping import end_epoch, start_epoch
 
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE, GracefulStop
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR
@@ -272,15 +273,9 @@ def test_straggling_augmenter_worker_obeys_terminate_once_released():
 
 # --- the trainer --------------------------------------------------------------------------------------------------
 def _epoch(trainer) -> None:
-    """One epoch through nnU-Net's hooks, without data: what run_training calls, the losses of a made-up run."""
-    trainer.on_epoch_start()
-    trainer.on_train_epoch_start()
-    e = trainer.current_epoch
-    trainer.logger.log("train_losses", 0.9 - 0.1 * e, e)
-    trainer.logger.log("val_losses", 0.95 - 0.1 * e, e)
-    trainer.logger.log("dice_per_class_or_region", [0.1 * e, 0.05 * e], e)
-    trainer.logger.log("mean_fg_dice", 0.075 * e, e)
-    trainer.on_epoch_end()
+    """One epoch through nnU-Net's hooks, without data (test_bookkeeping's helpers: the losses of a made-up run)."""
+    start_epoch(trainer)
+    end_epoch(trainer)
 
 
 def _table(trainer) -> list[dict]:
