@@ -32,6 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, V
 from nnunet_transfer.campaigns.slurm import SlurmExecutorSpec
 from nnunet_transfer.campaigns.tasks import Arm, PlansMode, PrepareTask, Target, TrainTask, expand_tasks, task_slug
 from nnunet_transfer.errors import CampaignError, PlansError, TransferError
+from nnunet_transfer.nnunet.trainer_lookup import TrainerInfo, locate_trainer
 
 __all__ = [
     "BaselineSpec",
@@ -316,13 +317,18 @@ class _Checker:
         dataset_id = int(name[len("Dataset"):].split("_", 1)[0])
         return Target(name, dataset_id, mode, plans, tuple(confs), tuple(t.folds or spec.folds))
 
-    def trainer(self, where: str, name: str) -> type:
+    def trainer(self, where: str, name: str) -> TrainerInfo:
+        info = locate_trainer(name)  # nnU-Net's own trainers and ours, from the sources (no torch import)
+        if info is not None:
+            return info
         from nnunet_transfer.nnunet.networks import find_trainer_class
 
         try:
-            return find_trainer_class(name)
+            cls = find_trainer_class(name)
         except TransferError as e:
             raise self.fail(where, str(e)) from None
+        recipe = getattr(cls, "recipe", None)
+        return TrainerInfo(name, reads_recipes=hasattr(cls, "recipe"), recipe=None if recipe is None else str(recipe))
 
     def recipe(self, where: str, value: str) -> tuple[str, Any]:
         from nnunet_transfer.core.schedules.recipes import load_recipe
@@ -365,9 +371,9 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
     trainers: dict[Arm, str] = {"finetune": spec.trainer}
     ft_class = check.trainer("trainer", spec.trainer)
     recipes: dict[Arm, str | None] = {"finetune": None}
-    check_recipe = getattr(ft_class, "recipe", None)
+    check_recipe = ft_class.recipe
     if spec.recipe is not None:
-        if not hasattr(ft_class, "recipe"):
+        if not ft_class.reads_recipes:
             raise check.fail("recipe", f"trainer {spec.trainer} does not read recipes (not an nnunet-transfer "
                                        "trainer such as nnUNetTrainerAdaptiveFT); remove the recipe or change trainer")
         recipes["finetune"], _ = check.recipe("recipe", spec.recipe)
@@ -383,10 +389,10 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
         b_class = check.trainer("baseline.trainer", b.trainer)
         trainers["baseline"] = b.trainer
         recipes["baseline"] = None
-        in_force = getattr(b_class, "recipe", None)
+        in_force = b_class.recipe
         where = "baseline.trainer"
         if b.recipe is not None:
-            if not hasattr(b_class, "recipe"):
+            if not b_class.reads_recipes:
                 raise check.fail("baseline.recipe", f"trainer {b.trainer} does not read recipes; remove the recipe "
                                                     "or use an nnunet-transfer trainer")
             recipes["baseline"] = in_force = check.recipe("baseline.recipe", b.recipe)[0]
