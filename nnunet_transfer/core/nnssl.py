@@ -20,10 +20,12 @@ head reconstruct images; they are not loaded unless asked for (``load_decoder``)
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import pydoc
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,19 +182,19 @@ class AdaptationPlan(BaseModel):
 
 def _locate_class(name: str) -> type | None:
     """A class by dotted name, or by bare name among dynamic_network_architectures' architectures."""
-    if "." in name:
-        obj = pydoc.locate(name)
-        return obj if isinstance(obj, type) else None
-    import dynamic_network_architectures.architectures as archs
-
-    for module_name in ("unet", "primus", "resnet", "vgg"):
-        try:
-            module = __import__(f"{archs.__name__}.{module_name}", fromlist=[name])
-        except ImportError:
-            continue
-        obj = getattr(module, name, None)
-        if isinstance(obj, type):
-            return obj
+    with warnings.catch_warnings():  # importing timm (Primus) warns about torch.jit deprecations
+        warnings.simplefilter("ignore")
+        if "." in name:
+            obj = pydoc.locate(name)
+            return obj if isinstance(obj, type) else None
+        for module_name in ("unet", "primus", "resnet", "vgg"):
+            try:
+                module = importlib.import_module(f"dynamic_network_architectures.architectures.{module_name}")
+            except ImportError:
+                continue
+            obj = getattr(module, name, None)
+            if isinstance(obj, type):
+                return obj
     return None
 
 
