@@ -65,9 +65,10 @@ def build_network(
 
     Calls ``trainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
     num_output_channels, enable_deep_supervision)`` as nnU-Net's trainer does (a trainer with the pre-2.7 signature
-    gets the architecture arguments, as nnU-Net still allows). ``trainer``: None for nnU-Net's ``nnUNetTrainer``, a
-    trainer class, or its name (see :func:`find_trainer_class`). Errors are PlansError naming trainer and
-    configuration.
+    gets the architecture arguments, as nnU-Net still allows; with ``trainer`` None a network class without deep
+    supervision, such as Primus, is built as our trainers build it). ``trainer``: None for nnU-Net's
+    ``nnUNetTrainer``, a trainer class, or its name (see :func:`find_trainer_class`). Errors are PlansError naming
+    trainer and configuration.
     """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -82,6 +83,8 @@ def build_network(
     heads = pm.get_label_manager(dataset_json).num_segmentation_heads
     build = cls.build_network_architecture
     try:
+        if trainer is None and not accepts_deep_supervision(cm.network_arch_class_name):
+            return build_from_plans(cm, num_inputs, heads, True)  # Primus: nnUNetTrainer would pass deep_supervision
         if "plans_manager" in inspect.signature(build).parameters:
             return build(pm, cm, num_inputs, heads, True)
         return build(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,

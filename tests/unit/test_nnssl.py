@@ -371,3 +371,19 @@ def test_primus_plans_build_without_deep_supervision_through_our_trainer(tmp_pat
     res = nnunet_plans(read_checkpoint(resenc_checkpoint(tmp_path / "r.pth")[0]).nnssl.plan)
     unet = build_from_plans(PlansManager(res).get_configuration("3d_fullres"), 1, 2, True)
     assert unet.decoder.deep_supervision is True
+
+
+def test_plans_spacing_words_or_millimetres(tmp_path, capsys):
+    path, _ = resenc_checkpoint(tmp_path / "c.pth")
+    assert main(["plans", "--from", str(path), "-t", "1", "-tp", "X", "--spacing", "coarse"]) == 2
+    assert "--spacing coarse: give 'pretrain', 'target' or values in mm" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*.json"))
+
+
+def test_check_builds_primus_plans_without_a_trainer(tmp_path):
+    from nnunet_transfer.nnunet.networks import build_network
+
+    path, _ = primus_checkpoint(tmp_path / "p.pth", recommended=(24, 24, 24))
+    plans = nnunet_plans(read_checkpoint(path).nnssl.plan)
+    net = build_network(plans, "3d_fullres", {"labels": {"background": 0, "a": 1}, "channel_names": {"0": "MR"}})
+    assert type(net).__name__ == "Primus" and net.eva.pos_embed.shape == (1, 216, 48)
