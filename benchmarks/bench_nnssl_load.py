@@ -107,6 +107,9 @@ def main() -> None:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             if r > 0:  # round 0 warms the page cache
                 results[method].append(res)
+        if r > 0:
+            print(f"round {r}: plain {results['plain'][-1]['time']:.3f} s, adaptive "
+                  f"{results['adaptive'][-1]['time']:.3f} s")
     med = {m: {k: statistics.median(x[k] for x in v) for k in ("time", "peak_rss_mb", "rss_before_mb")}
            for m, v in results.items()}
     for m in order:
