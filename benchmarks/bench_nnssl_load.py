@@ -18,14 +18,10 @@ Printed: median load time and peak RSS of each, and the ratios adaptive/plain (g
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_load import compare, measure  # the side-by-side runner of the generic load benchmark
 
 
 def build_resenc_l(num_classes: int):
@@ -43,28 +39,22 @@ def build_resenc_l(num_classes: int):
     return pydoc.locate(class_name)(input_channels=1, num_classes=num_classes, deep_supervision=True, **kwargs)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def worker(method: str, ckpt: str) -> None:
     import torch
 
     from nnunet_transfer import load_pretrained
 
     net = build_resenc_l(3)
-    rss_before = _rss_mb()
-    start = time.perf_counter()
-    if method == "plain":
-        sd = torch.load(ckpt, mmap=True, weights_only=True, map_location="cpu")["network_weights"]
-        net.load_state_dict({k: v for k, v in sd.items() if k.startswith("encoder.")}, strict=False)
-    else:
-        report = load_pretrained(net, ckpt)
-        assert report.coverage == 1.0, report.summary()
-    elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"time": elapsed, "peak_rss_mb": peak, "rss_before_mb": rss_before}))
+
+    def load() -> None:
+        if method == "plain":
+            sd = torch.load(ckpt, mmap=True, weights_only=True, map_location="cpu")["network_weights"]
+            net.load_state_dict({k: v for k, v in sd.items() if k.startswith("encoder.")}, strict=False)
+        else:
+            report = load_pretrained(net, ckpt)
+            assert report.coverage == 1.0, report.summary()
+
+    measure(load)
 
 
 def main() -> None:
@@ -98,27 +88,7 @@ def main() -> None:
     del net
     print(f"checkpoint: {ckpt.stat().st_size / 2**20:.0f} MiB, ResEnc-L MAE network of {n_params / 1e6:.1f} M "
           "parameters")
-    results: dict[str, list[dict]] = {"plain": [], "adaptive": []}
-    order = ["plain", "adaptive"]
-    for r in range(args.rounds + 1):
-        for method in order if r % 2 == 0 else order[::-1]:
-            out = subprocess.run([sys.executable, __file__, "--worker", method, "--ckpt", str(ckpt)],
-                                 capture_output=True, text=True, check=True)
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            if r > 0:  # round 0 warms the page cache
-                results[method].append(res)
-        if r > 0:
-            print(f"round {r}: plain {results['plain'][-1]['time']:.3f} s, adaptive "
-                  f"{results['adaptive'][-1]['time']:.3f} s")
-    med = {m: {k: statistics.median(x[k] for x in v) for k in ("time", "peak_rss_mb", "rss_before_mb")}
-           for m, v in results.items()}
-    for m in order:
-        print(f"{m:9s} load time {med[m]['time']:.3f} s   peak RSS {med[m]['peak_rss_mb']:.0f} MiB "
-              f"(network built: {med[m]['rss_before_mb']:.0f} MiB)")
-    t_ratio = med["adaptive"]["time"] / med["plain"]["time"]
-    m_ratio = med["adaptive"]["peak_rss_mb"] / med["plain"]["peak_rss_mb"]
-    print(f"time ratio adaptive/plain: {t_ratio:.3f} (goal <= 1.10)")
-    print(f"peak-RSS ratio adaptive/plain: {m_ratio:.3f} (goal <= 1.10)")
+    compare(__file__, ["--ckpt", str(ckpt)], args.rounds, show_rounds=True)
     tmp.cleanup()
 
 

@@ -416,10 +416,9 @@ def detect_nnssl(path: Path, entries: Mapping[str, Any], container: str, keys: I
 # --- loading: the source's declared parts onto the target's ------------------------------------------------------
 
 
-def declared_parts(network: Any, spec_name: str = "", lpe: str | None = None) -> tuple[str | None, str | None,
-                                                                                         str | None]:
-    """(stem, encoder, positional embedding) a target network declares (``key_to_stem``, ``key_to_encoder``,
-    ``key_to_lpe``), with nnU-Net's layouts as defaults for the built-in families."""
+def declared_parts(network: Any, spec_name: str = "") -> tuple[str | None, str | None]:
+    """(stem, encoder) a target network declares (``key_to_stem``, ``key_to_encoder``), with nnU-Net's layouts as
+    defaults for the built-in families (``spec_name``: the network's architecture entry)."""
     defaults = {"PlainConvUNet": ("encoder.stages.0", "encoder.stages"),
                 "ResidualEncoderUNet": ("encoder.stem", "encoder.stages"),
                 "Primus": ("down_projection", "eva")}.get(spec_name, (None, None))
@@ -428,7 +427,7 @@ def declared_parts(network: Any, spec_name: str = "", lpe: str | None = None) ->
         value = getattr(network, attr, None)
         return value if isinstance(value, str) and value else default
 
-    return get("key_to_stem", defaults[0]), get("key_to_encoder", defaults[1]), lpe
+    return get("key_to_stem", defaults[0]), get("key_to_encoder", defaults[1])
 
 
 _STAGE = re.compile(r"(\d+)\.(?:blocks\.)?(?:(\d+)\.)?")

@@ -31,7 +31,8 @@ def nnssl_ws(tmp_path_factory):
     primus, _ = primus_checkpoint(root / "ssl" / "primus" / "fold_0" / "checkpoint_final.pth", form="training",
                                   input_shape=(16, 16, 16), patch=(32, 32, 32), recommended=(16, 16, 16),
                                   embed=False, beside=True, singular=True)
-    return {"root": root, "env": nnunet_env(root), "resenc": resenc, "primus": primus}
+    # one export worker: nnU-Net spawns its validation pools per training, the cost on 2 cores is the imports
+    return {"root": root, "env": nnunet_env(root, nnUNet_def_n_proc="1"), "resenc": resenc, "primus": primus}
 
 
 def _fold(root: Path, dataset: str, trainer: str, plans: str) -> Path:

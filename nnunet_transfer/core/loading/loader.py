@@ -145,7 +145,7 @@ def plan_load(
     lpe = spec.positional_embedding(mod)
     key_map, nnssl_map = options.key_map, None
     if source.nnssl is not None:  # the declared stem / encoder / positional embedding onto the target's
-        stem, encoder, _ = declared_parts(mod, spec.name)
+        stem, encoder = declared_parts(mod, spec.name)
         nnssl_map = NnsslKeyMap(source.nnssl.plan, stem, encoder, lpe, frozenset(all_target_names),
                                 options.load_decoder, head_re.pattern)
         key_map = nnssl_map if options.key_map is None else _chain(options.key_map, nnssl_map)
