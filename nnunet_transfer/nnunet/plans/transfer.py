@@ -89,8 +89,8 @@ def _override(conf: dict[str, Any], c: str, patch_size: Sequence[int] | None, sp
         div = _divisor(conf)
         if any(p <= 0 or p % d for p, d in zip(patch_size, div, strict=True)):
             raise PlansError(f"--patch-size {list(patch_size)} for {c!r}: each axis must be a positive multiple of "
-                             f"the network's total downsampling {div} (its strides); the network would not build "
-                             "or its skip connections would not line up")
+                             f"the network's total downsampling {div} (its strides, or a Primus's patch embedding); "
+                             "the network would not build or its skip connections would not line up")
         conf["patch_size"] = [int(p) for p in patch_size]
         if "input_shape" in conf["architecture"]["arch_kwargs"]:  # Primus: its positional embedding's grid
             conf["architecture"]["arch_kwargs"]["input_shape"] = [int(p) for p in patch_size]
