@@ -214,8 +214,8 @@ def plan_load(
               if k not in used and k not in dropped and _storage_id(source.state_dict[k]) not in aliases_used]
     notes = []
     user_dropped = mapping.dropped
-    if nnssl_map is not None:
-        user_dropped = [k for k in mapping.dropped if k not in set(nnssl_map.dropped)]
+    if nnssl_map is not None:  # its drops are the pretraining decoder and head, said in its own note
+        user_dropped = mapping.dropped = [k for k in mapping.dropped if k not in set(nnssl_map.dropped)]
         notes.extend(_nnssl_records(records, nnssl_map, mapping.names.values()))
     if user_dropped:
         notes.append(f"{len(user_dropped)} checkpoint keys dropped by key_map: {user_dropped[:5]}")
@@ -261,8 +261,9 @@ def _nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: 
                 rec.code = ReasonCode.PRETRAINING_DECODER.value
                 rec.reason = ("fresh: the pretraining network's head reconstructs images (nnssl); never loaded"
                               if rec.is_head else
-                              "fresh: the pretraining decoder was trained for reconstruction (nnssl); not loaded"
-                              + ("" if nnssl_map.load_decoder else " (load_decoder: true loads it where shapes allow)"))
+                              "fresh: not part of the pretrained stem and encoder (nnssl: the pretraining decoder "
+                              "reconstructed images)"
+                              + ("" if nnssl_map.load_decoder else "; load_decoder: true loads it where shapes allow"))
             continue
         st = next((s for n in names if (s := nnssl_map.stage_of(n)) is not None), None)
         if st is None:
