@@ -171,11 +171,6 @@ class AdaptationPlan(BaseModel):
         ps = self.pretrain_configuration.get("patch_size")
         return [int(p) for p in ps] if isinstance(ps, list | tuple) and len(ps) == 3 else None
 
-    @property
-    def preset(self) -> str | None:
-        name = self.architecture_plans.arch_class_name
-        return name if name in PRESETS and not self.architecture_plans.arch_kwargs else None
-
 
 # --- architecture ---------------------------------------------------------------------------------------------
 
@@ -243,17 +238,6 @@ def nnunet_architecture(plan: AdaptationPlan, patch_size: Sequence[int], where: 
     if _accepts(cls, "input_shape"):
         kwargs["input_shape"] = [int(p) for p in patch_size]
     return {"network_class_name": class_name, "arch_kwargs": kwargs, "_kw_requires_import": imports}
-
-
-def _total_stride(architecture: dict[str, Any], dims: int) -> list[int]:
-    kwargs = architecture["arch_kwargs"]
-    if "patch_embed_size" in kwargs:
-        return [int(p) for p in kwargs["patch_embed_size"]]
-    out = [1] * dims
-    for s in kwargs.get("strides") or []:
-        s = [s] * dims if isinstance(s, int) else s
-        out = [a * int(b) for a, b in zip(out, s, strict=True)]
-    return out
 
 
 def nnunet_plans(plan: AdaptationPlan, *, patch_size: Sequence[int] | None = None, batch_size: int = 2,
