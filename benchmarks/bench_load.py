@@ -49,14 +49,23 @@ def worker(method: str, ckpt: str, width: int) -> None:
 
     net = build_network(width)
     labels = {"background": 0, "organ": 1, "lesion": 2}
+
+    def load() -> None:
+        if method == "plain":
+            sd = torch.load(ckpt, mmap=True, weights_only=True, map_location="cpu")
+            net.load_state_dict(sd["network_weights"], strict=False)
+        else:
+            report = load_pretrained(net, ckpt, labels)
+            assert report.coverage == 1.0
+
+    measure(load)
+
+
+def measure(load) -> None:
+    """Run ``load()`` once and print its time, the peak RSS and the RSS before it (one JSON line)."""
     rss_before = _rss_mb()
     start = time.perf_counter()
-    if method == "plain":
-        sd = torch.load(ckpt, mmap=True, weights_only=True, map_location="cpu")
-        net.load_state_dict(sd["network_weights"], strict=False)
-    else:
-        report = load_pretrained(net, ckpt, labels)
-        assert report.coverage == 1.0
+    load()
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"time": elapsed, "peak_rss_mb": peak, "rss_before_mb": rss_before}))
@@ -92,15 +101,25 @@ def main() -> None:
     del net
     size = ckpt.stat().st_size
     print(f"checkpoint: {size / 2**30:.2f} GiB ({len(distinct)} distinct tensors, width {width})")
+    compare(__file__, ["--ckpt", str(ckpt), "--width", str(width)], args.rounds)
+    tmp.cleanup()
+
+
+def compare(script: str, worker_args: list[str], rounds: int, show_rounds: bool = False) -> None:
+    """Run ``script --worker plain|adaptive WORKER_ARGS`` in fresh processes, alternating A/B for ``rounds`` rounds
+    after a warm-up round (page cache); print the medians of time and peak RSS and the ratios adaptive/plain."""
     results: dict[str, list[dict]] = {"plain": [], "adaptive": []}
     order = ["plain", "adaptive"]
-    for r in range(args.rounds + 1):
+    for r in range(rounds + 1):
         for method in order if r % 2 == 0 else order[::-1]:
-            out = subprocess.run([sys.executable, __file__, "--worker", method, "--ckpt", str(ckpt),
-                                  "--width", str(width)], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, script, "--worker", method, *worker_args],
+                                 capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             if r > 0:  # round 0 warms the page cache
                 results[method].append(res)
+        if r > 0 and show_rounds:
+            print(f"round {r}: plain {results['plain'][-1]['time']:.3f} s, adaptive "
+                  f"{results['adaptive'][-1]['time']:.3f} s")
     med = {m: {k: statistics.median(x[k] for x in v) for k in ("time", "peak_rss_mb", "rss_before_mb")}
            for m, v in results.items()}
     for m in order:
@@ -110,7 +129,6 @@ def main() -> None:
     m_ratio = med["adaptive"]["peak_rss_mb"] / med["plain"]["peak_rss_mb"]
     print(f"time ratio adaptive/plain: {t_ratio:.3f} (target <= 1.10)")
     print(f"peak-RSS ratio adaptive/plain: {m_ratio:.3f} (target <= 1.10)")
-    tmp.cleanup()
 
 
 if __name__ == "__main__":

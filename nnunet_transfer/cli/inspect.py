@@ -1,4 +1,5 @@
-"""``nnunet-transfer inspect``: what a checkpoint holds (format, container, prefixes, tensors, plans, labels)."""
+"""``nnunet-transfer inspect``: what a checkpoint holds (format, container, prefixes, tensors, plans, labels; for nnssl
+checkpoints the adaptation plan: architecture, pretraining spacing and patch, recommended patch, keys, citations)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,43 @@ def _describe_plans(plans: dict[str, Any], configuration: str | None) -> dict[st
     return out
 
 
+def _citation(entry: Any) -> str:
+    if isinstance(entry, dict):
+        parts = [str(entry[k]) for k in ("title", "author", "authors", "year", "doi", "url") if entry.get(k)]
+        if parts:
+            return ", ".join(parts)
+        entry = next(iter(entry.values()), entry) if len(entry) == 1 else entry
+    text = " ".join(str(entry).split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _print_nnssl(n: dict[str, Any]) -> None:
+    print(f"nnssl:       {n['form']} form, adaptation plan {n['adaptation_plan']}")
+    print(f"  architecture:  {n['architecture']} ({n['network_class_name']})")
+    print(f"  pretraining:   configuration {n['pretrain_configuration']}, spacing {n['pretrain_spacing']}, patch "
+          f"{n['pretrain_patch_size']}, {n['pretrain_num_input_channels']} input channel(s)")
+    print(f"  downstream:    recommended patch {n['recommended_downstream_patchsize']}")
+    print(f"  keys:          stem {n['key_to_stem']!r}, encoder {n['key_to_encoder']!r}, input projection "
+          f"{n['keys_to_in_proj']}, positional embedding {n['key_to_lpe']!r}")
+    if n.get("pos_embed_grid"):
+        print(f"  pos. embed.:   {n['pos_embed_grid']}")
+    for i, c in enumerate(n["citations"]):
+        print(f"  citation {i + 1}:    {_citation(c)}")
+
+
+def _pos_embed_grid(ckpt: Any) -> str | None:
+    """The token grid of an nnssl checkpoint's positional embedding, read from the tensor."""
+    from nnunet_transfer.core.loading.adapt import infer_token_grid
+
+    lpe = ckpt.nnssl.plan.key_to_lpe
+    tensor = ckpt.state_dict.get(lpe) if lpe else None
+    if tensor is None or tensor.ndim != 3:
+        return None
+    grid = infer_token_grid(tensor.shape[1])
+    shown = "x".join(map(str, grid)) if grid else "not a cube: give the grid"
+    return f"{tensor.shape[1]} tokens of width {tensor.shape[2]} (grid {shown})"
+
+
 def run(args: argparse.Namespace) -> int:
     from nnunet_transfer.core.loading.checkpoint import read_checkpoint
     from nnunet_transfer.core.loading.heads import head_channels
@@ -65,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
         "epoch": ckpt.metadata.get("current_epoch"),
         "plans": _describe_plans(ckpt.plans, ckpt.configuration) if ckpt.plans else None,
         "labels": None,
+        "nnssl": ckpt.nnssl.describe() if ckpt.nnssl is not None else None,
     }
+    if info["nnssl"] is not None:
+        info["nnssl"]["pos_embed_grid"] = _pos_embed_grid(ckpt)
     if ckpt.dataset_json:
         ch = head_channels(ckpt.dataset_json.get("labels"))
         info["labels"] = {"names": list(ch.names), "regions": ch.regions} if ch else None
@@ -84,5 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if info["labels"]:
         kind = "regions" if info["labels"]["regions"] else "labels"
         print(f"{kind}:      {info['labels']['names']}; input channels {info.get('channel_names')}")
+    if info["nnssl"]:
+        _print_nnssl(info["nnssl"])
     write_json(args.json, info)
     return 0

@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--intensity-stats", choices=["target", "source"], default="target",
                    help="intensity statistics for CT normalisation: the target's (default) or the source's")
     p.add_argument("--patch-size", type=int, nargs="+", help="override the patch size (must fit the network)")
-    p.add_argument("--spacing", type=float, nargs="+", help="override the target spacing (mm)")
+    p.add_argument("--spacing", nargs="+", metavar="MM|pretrain|target",
+                   help="the spacing of the new plans: values in mm, 'pretrain' (the source's, the default) or "
+                        "'target' (nnU-Net's own full-resolution spacing for the target)")
+    p.add_argument("--batch-size", type=int, help="override the batch size (nnssl checkpoints: default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace existing plans of that identifier (and data)")
     p.add_argument("--dry-run", action="store_true", help="show the plans diff and the check; write nothing")
     p.add_argument("--no-preprocess", action="store_true", help="write the plans but do not preprocess")
@@ -32,6 +35,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_load_flags(p, ("min_coverage", "allow_globals", "trust_checkpoint"))
     add_json_option(p)
     p.set_defaults(func=run)
+
+
+def _spacing(values: list[str] | None) -> list[float] | str | None:
+    from nnunet_transfer.errors import TransferError
+
+    if values is None:
+        return None
+    if len(values) == 1 and values[0] in ("pretrain", "source", "target"):
+        return values[0]
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise TransferError(f"--spacing {' '.join(values)}: give 'pretrain', 'target' or values in mm") from None
+
+
+def _trainer_for(source: object) -> str:
+    """The trainer to suggest: for nnssl checkpoints the variant with that family's recipe."""
+    ckpt = getattr(source, "checkpoint", None)
+    nnssl = getattr(ckpt, "nnssl", None)
+    if nnssl is None:
+        return "nnUNetTrainerAdaptiveFT"
+    name = str(nnssl.architecture.get("network_class_name", ""))
+    return "nnUNetTrainerAdaptiveFT_nnsslPrimus" if "primus" in name.lower() else "nnUNetTrainerAdaptiveFT_nnsslResEnc"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,11 +70,17 @@ def run(args: argparse.Namespace) -> int:
     )
 
     opts = load_options_from_args(args)
+    spacing = _spacing(args.spacing)
     source = read_source_plans(args.source, args.source_plans, opts.allow_globals, opts.trust_checkpoint)
+    trainer = None
+    if source.trainer is not None:  # nnssl: our trainer builds the network (a Primus has no deep supervision)
+        from nnunet_transfer.trainers.adaptive_ft import nnUNetTrainerAdaptiveFT
+
+        trainer = nnUNetTrainerAdaptiveFT
     transfer = transfer_plans(
         source, args.target, args.plans_identifier, args.configurations, intensity_stats=args.intensity_stats,
-        patch_size=args.patch_size, spacing=args.spacing, overwrite=args.overwrite, dry_run=args.dry_run,
-        num_processes=args.np,
+        patch_size=args.patch_size, spacing=spacing, batch_size=args.batch_size, overwrite=args.overwrite,
+        dry_run=args.dry_run, num_processes=args.np, trainer=trainer,
     )
     print(transfer.describe())
     if args.dry_run:
@@ -61,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"preprocessed {transfer.target_name} with {args.plans_identifier}: {transfer.configurations}")
     code = 0
     reports = {}
-    for conf, report in check_transfer(transfer, opts.min_coverage):
+    for conf, report in check_transfer(transfer, opts.min_coverage, trainer=trainer):
         print(f"[{conf}] " + (report.table() if args.verbose else report.summary()))
         reports[conf] = report.to_dict()
         if not report.passed:
@@ -70,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
                   + "; ".join(report.main_reasons()), file=sys.stderr)
     if not args.dry_run:
         print(f"fine-tune with: nnUNetv2_train {transfer.target_name} {transfer.configurations[0]} FOLD "
-              f"-p {args.plans_identifier} -tr nnUNetTrainerAdaptiveFT"
-              + (f" -pretrained_weights {source.description}" if source.checkpoint is not None else ""))
+              f"-p {args.plans_identifier} -tr {_trainer_for(source)}"
+              + (f" -pretrained_weights {source.checkpoint.path}" if source.checkpoint is not None else ""))
     write_json(args.json, {"plans_file": str(transfer.plans_file), "dry_run": args.dry_run,
                             "diff": [{"path": p, "source": o, "new": n} for p, o, n in transfer.diffs],
                             "costs": transfer.costs, "notes": transfer.notes, "reports": reports})

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import io
 import os
+import pydoc
 import warnings
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from nnunet_transfer.errors import PlansError, TransferError
 
-__all__ = ["build_network", "find_trainer_class"]
+__all__ = ["accepts_deep_supervision", "build_from_plans", "build_network", "find_trainer_class"]
 
 
 def find_trainer_class(trainer: str | type | None = None) -> type:
@@ -64,9 +65,10 @@ def build_network(
 
     Calls ``trainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
     num_output_channels, enable_deep_supervision)`` as nnU-Net's trainer does (a trainer with the pre-2.7 signature
-    gets the architecture arguments, as nnU-Net still allows). ``trainer``: None for nnU-Net's ``nnUNetTrainer``, a
-    trainer class, or its name (see :func:`find_trainer_class`). Errors are PlansError naming trainer and
-    configuration.
+    gets the architecture arguments, as nnU-Net still allows; with ``trainer`` None a network class without deep
+    supervision, such as Primus, is built as our trainers build it). ``trainer``: None for nnU-Net's
+    ``nnUNetTrainer``, a trainer class, or its name (see :func:`find_trainer_class`). Errors are PlansError naming
+    trainer and configuration.
     """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -81,6 +83,8 @@ def build_network(
     heads = pm.get_label_manager(dataset_json).num_segmentation_heads
     build = cls.build_network_architecture
     try:
+        if trainer is None and not accepts_deep_supervision(cm.network_arch_class_name):
+            return build_from_plans(cm, num_inputs, heads, True)  # Primus: nnUNetTrainer would pass deep_supervision
         if "plans_manager" in inspect.signature(build).parameters:
             return build(pm, cm, num_inputs, heads, True)
         return build(cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
@@ -90,3 +94,29 @@ def build_network(
     except Exception as e:
         raise PlansError(f"trainer {_trainer_name(trainer)}: build_network_architecture fails for configuration "
                          f"{configuration!r} of plans {pm.plans_name!r}: {type(e).__name__}: {e}") from None
+
+
+def accepts_deep_supervision(network_class_name: str) -> bool:
+    """Whether the plans' network class takes ``deep_supervision`` (nnU-Net's U-Nets do, Primus does not). A class
+    that cannot be located answers True: nnU-Net's own lookup then reports it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cls = pydoc.locate(network_class_name)
+    if not isinstance(cls, type):
+        return True
+    params = inspect.signature(cls.__init__).parameters
+    return "deep_supervision" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_from_plans(configuration_manager: Any, num_input_channels: int, num_output_channels: int,
+                     enable_deep_supervision: bool = True) -> nn.Module:
+    """nnU-Net's ``get_network_from_plans`` for a configuration, as ``nnUNetTrainer.build_network_architecture``
+    calls it; networks without deep supervision (Primus, as nnssl checkpoints' plans name it) are built without that
+    argument, so that they build from the plans alone."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    name = configuration_manager.network_arch_class_name
+    return get_network_from_plans(
+        name, configuration_manager.network_arch_init_kwargs, configuration_manager.network_arch_init_kwargs_req_import,
+        num_input_channels, num_output_channels, allow_init=True,
+        deep_supervision=enable_deep_supervision if accepts_deep_supervision(name) else None)

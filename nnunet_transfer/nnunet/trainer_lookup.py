@@ -24,6 +24,8 @@ OUR_TRAINERS: dict[str, str] = {
     "nnUNetTrainerAdaptiveFT_Full": "full_ft",
     "nnUNetTrainerAdaptiveFT_250epochs": "default_250epochs",
     "nnUNetTrainerAdaptiveFT_100epochs": "default_100epochs",
+    "nnUNetTrainerAdaptiveFT_nnsslResEnc": "nnssl_resenc",
+    "nnUNetTrainerAdaptiveFT_nnsslPrimus": "nnssl_primus",
 }
 
 

@@ -6,6 +6,8 @@ from nnunet_transfer.trainers.variants import (
     nnUNetTrainerAdaptiveFT_250epochs,
     nnUNetTrainerAdaptiveFT_DecoderOnly,
     nnUNetTrainerAdaptiveFT_Full,
+    nnUNetTrainerAdaptiveFT_nnsslPrimus,
+    nnUNetTrainerAdaptiveFT_nnsslResEnc,
 )
 
 __all__ = [
@@ -14,4 +16,6 @@ __all__ = [
     "nnUNetTrainerAdaptiveFT_250epochs",
     "nnUNetTrainerAdaptiveFT_DecoderOnly",
     "nnUNetTrainerAdaptiveFT_Full",
+    "nnUNetTrainerAdaptiveFT_nnsslPrimus",
+    "nnUNetTrainerAdaptiveFT_nnsslResEnc",
 ]

@@ -45,6 +45,7 @@ from nnunet_transfer.core.schedules.lr_table import LRTable
 from nnunet_transfer.core.schedules.plot import SchedulePanel
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
 from nnunet_transfer.core.schedules.schedule import (
+    GradClip,
     PerGroupLRScheduler,
     Schedule,
     apply_freeze,
@@ -55,6 +56,7 @@ from nnunet_transfer.core.schedules.schedule import (
 )
 from nnunet_transfer.core.schedules.skips import disable_skip_split, update_skip_split
 from nnunet_transfer.errors import LoadGuardError, RecipeError, TrainingStateError
+from nnunet_transfer.nnunet.networks import accepts_deep_supervision, build_from_plans
 from nnunet_transfer.nnunet.pretrained_hook import PRETRAINED_SEAM, install_pretrained_hook, seam_problems
 from nnunet_transfer.trainers import _cpu_ddp
 
@@ -85,6 +87,8 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         if self._on_cpu_ddp:
             _cpu_ddp.use_cpu(self, device)
         self._continue_training = continue_training
+        if not accepts_deep_supervision(self.configuration_manager.network_arch_class_name):
+            self.enable_deep_supervision = False  # Primus (nnssl checkpoints' plans): one output, no decoder stages
         self.ft_recipe: Recipe = self._resolve_recipe(continue_training)
         self._apply_recipe(self.ft_recipe)
         self._store_recipe()
@@ -99,7 +103,21 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self._panel = SchedulePanel()
         self._panel_worker = LatestJobWorker("nnunet-transfer schedule panel", nice=19)
         self._graceful = GracefulStop()  # installed by on_train_start, removed by on_train_end or a stop
+        self._grad_clip: GradClip | None = None
         install_pretrained_hook(self)
+
+    @staticmethod
+    def build_network_architecture(plans_manager: Any, configuration_manager: Any, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        """nnU-Net's network for the plans; a network class without deep supervision (Primus) is built without it,
+        so that the plans alone build it (also for ``nnUNetv2_predict``)."""
+        return build_from_plans(configuration_manager, num_input_channels, num_output_channels,
+                                enable_deep_supervision)
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """nnU-Net's, for networks that have a decoder with deep supervision (Primus has none)."""
+        if hasattr(getattr(unwrap_network(self.network), "decoder", None), "deep_supervision"):
+            super().set_deep_supervision_enabled(enabled)
 
     # --- recipe -----------------------------------------------------------------------------------------------
     def _resolve_recipe(self, continue_training: bool) -> Recipe:
@@ -188,7 +206,9 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         lead = max((g for g in self.param_groups if s.unfreeze_epoch[g.name] == 0),
                    key=lambda g: s.multiplier[g.name], default=self.param_groups[0])
         ordered = [lead] + [g for g in self.param_groups if g is not lead]
-        optimizer = build_optimizer(ordered, self.schedule, recipe.optimizer)
+        optimizer = build_optimizer(ordered, self.schedule, recipe.optimizer, recipe.adamw_betas)
+        if recipe.grad_clip_norm is not None:  # nnU-Net's train_step clips at 12; this clips further, before each step
+            self._grad_clip = GradClip(optimizer, recipe.grad_clip_norm)
         self._fractions = {}
         total = sum(g.numel for g in self.param_groups)
         self.print_to_log_file("parameter groups (name: tensors, parameters, share, rate multiplier, trains from "

@@ -10,6 +10,8 @@ __all__ = [
     "nnUNetTrainerAdaptiveFT_250epochs",
     "nnUNetTrainerAdaptiveFT_DecoderOnly",
     "nnUNetTrainerAdaptiveFT_Full",
+    "nnUNetTrainerAdaptiveFT_nnsslPrimus",
+    "nnUNetTrainerAdaptiveFT_nnsslResEnc",
 ]
 
 
@@ -35,3 +37,15 @@ class nnUNetTrainerAdaptiveFT_100epochs(nnUNetTrainerAdaptiveFT):
     """The default schedule on 100 epochs."""
 
     recipe = "default_100epochs"
+
+
+class nnUNetTrainerAdaptiveFT_nnsslResEnc(nnUNetTrainerAdaptiveFT):
+    """An nnssl ResEnc (ResEnc-L) checkpoint: SGD, whole-network warmup, frozen encoder, then progressive."""
+
+    recipe = "nnssl_resenc"
+
+
+class nnUNetTrainerAdaptiveFT_nnsslPrimus(nnUNetTrainerAdaptiveFT):
+    """An nnssl Primus checkpoint: AdamW (0.9, 0.98), gradient clipping, whole-network warmup, then progressive."""
+
+    recipe = "nnssl_primus"

@@ -53,7 +53,7 @@ def test_every_cli_load_flag_maps_to_a_schema_field():
     assert {flag: load_flag(dest) for flag, dest in flags.items()} == {flag: flag for flag in flags}
     # today's flag names keep working; bools defaulting to True are switched off with --no-
     assert {"--min-coverage", "--rename", "--container", "--allow-global", "--trust-checkpoint", "--head-pattern",
-            "--no-adapt-input-channels", "--no-adapt-kernels", "--no-map-heads"} == set(flags)
+            "--no-adapt-input-channels", "--no-adapt-kernels", "--no-map-heads", "--load-decoder"} == set(flags)
     assert set(_load_flags(_subparser("inspect"))) == {"--container", "--allow-global", "--trust-checkpoint"}
     assert set(_load_flags(_subparser("plans"))) == {"--min-coverage", "--allow-global", "--trust-checkpoint"}
 

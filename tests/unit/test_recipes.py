@@ -16,8 +16,13 @@ def test_shipped_recipes_load_and_resolve_on_real_networks(name, residual, unet_
 
     recipe = load_recipe(name)
     assert recipe.name == name
-    net = unet_factory(residual=residual, features=(4, 8, 16, 16, 16, 16, 16), kernels=((3, 3, 3),) * 7,
-                       strides=((1, 1, 1),) + ((2, 2, 2),) * 6)
+    if name == "nnssl_primus":  # a Primus recipe (its groups: encoder.stem, encoder.stageN, heads)
+        from dynamic_network_architectures.architectures.primus import Primus
+
+        net = Primus(1, 48, (4, 4, 4), 2, 2 + 4 * residual, 2, (16, 16, 16))
+    else:
+        net = unet_factory(residual=residual, features=(4, 8, 16, 16, 16, 16, 16), kernels=((3, 3, 3),) * 7,
+                           strides=((1, 1, 1),) + ((2, 2, 2),) * 6)
     groups = [g.name for g in derive_groups(net, recipe.groups)]
     epochs = recipe.num_epochs or 1000
     schedule = resolve_schedule(recipe, groups, epochs, 0.01)

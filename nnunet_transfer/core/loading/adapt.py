@@ -13,13 +13,23 @@
   Shrinking by a factor ``f`` averages groups of ``f`` taps: the output equals the source output averaged over
   the collapsed axis. Growing by ``f`` repeats each tap ``f`` times: every upsampled voxel equals the source output
   (nearest-neighbour upsampling of it).
+* :func:`resample_positional_embedding` - a learnable positional embedding ``[1, prefix + prod(grid), C]`` (tokens
+  in row-major order over the patch grid, as Primus flattens them) to another grid: the grid part is exactly
+  ``F.interpolate(mode="trilinear", align_corners=False)`` of the source grid (bilinear / linear in 2d / 1d);
+  the prefix tokens (class or register tokens) are kept apart, never interpolated. :func:`infer_token_grid` finds
+  the grid from the number of tokens.
 """
 
 from __future__ import annotations
 
-import torch
+import math
+from collections.abc import Iterable, Sequence
 
-__all__ = ["adapt_conv_kernel", "adapt_input_channels", "adapt_transposed_kernel"]
+import torch
+import torch.nn.functional as F
+
+__all__ = ["adapt_conv_kernel", "adapt_input_channels", "adapt_transposed_kernel", "infer_token_grid",
+           "resample_positional_embedding"]
 
 
 def adapt_input_channels(weight: torch.Tensor, num_channels: int, dim: int = 1) -> torch.Tensor:
@@ -89,3 +99,36 @@ def adapt_transposed_kernel(weight: torch.Tensor, kernel_size: tuple[int, ...]) 
                 return None
             w = w.repeat_interleave(size // k, dim=axis)
     return w.contiguous()
+
+
+def infer_token_grid(num_tokens: int, hints: Iterable[Sequence[int]] = (), ndim: int = 3) -> tuple[int, ...] | None:
+    """The patch grid of ``num_tokens`` tokens: the first hint whose product is ``num_tokens``, else the cube
+    (square) grid if ``num_tokens`` is a perfect power, else None. The grid is read from the tensor, never from a
+    plan alone: a plan's patch size may describe another grid than the embedding holds."""
+    for hint in hints:
+        grid = tuple(int(g) for g in hint)
+        if len(grid) == ndim and all(g > 0 for g in grid) and math.prod(grid) == num_tokens:
+            return grid
+    side = round(num_tokens ** (1 / ndim))
+    for s in (side - 1, side, side + 1):
+        if s > 0 and s ** ndim == num_tokens:
+            return (s,) * ndim
+    return None
+
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def resample_positional_embedding(pos: torch.Tensor, src_grid: Sequence[int], tgt_grid: Sequence[int],
+                                  prefix: int = 0) -> torch.Tensor:
+    """Resample ``pos`` (``[1, prefix + prod(src_grid), C]``) to ``[1, prefix + prod(tgt_grid), C]``: the first
+    ``prefix`` tokens unchanged, the grid part interpolated (trilinear for 3d grids, ``align_corners=False``)."""
+    n, c = pos.shape[1], pos.shape[2]
+    if n != prefix + math.prod(src_grid):
+        raise ValueError(f"positional embedding of {n} tokens does not hold {prefix} prefix tokens and a "
+                         f"{'x'.join(map(str, src_grid))} grid")
+    head, grid = pos[:, :prefix], pos[:, prefix:]
+    grid = grid.reshape(1, *src_grid, c).movedim(-1, 1).float()
+    out = F.interpolate(grid, size=tuple(int(g) for g in tgt_grid), mode=_MODES[len(src_grid)], align_corners=False)
+    out = out.movedim(1, -1).reshape(1, math.prod(tgt_grid), c).to(pos.dtype)
+    return torch.cat([head, out], dim=1).contiguous()

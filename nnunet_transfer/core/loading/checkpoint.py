@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nnunet_transfer.core.nnssl import NnsslCheckpoint, detect_nnssl
 from nnunet_transfer.errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = [
@@ -77,6 +78,7 @@ class SourceCheckpoint:
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
     ignored_entries: list[str] = field(default_factory=list)  # non-tensor entries inside the weights container
+    nnssl: NnsslCheckpoint | None = None  # the adaptation plan of an nnssl (OpenMind) checkpoint
 
     @property
     def init_args(self) -> dict[str, Any]:
@@ -242,7 +244,9 @@ def read_checkpoint(
 
     ``container`` names the entry holding the weights (dotted for nested entries, e.g. ``"ema.module"``); by default
     the usual containers are tried (:data:`CONTAINER_KEYS`, then :data:`EMA_CONTAINER_KEYS`).
-    Raises :class:`~nnunet_transfer.errors.CheckpointError` (or its subclasses) naming the file and the cause.
+    An nnssl checkpoint's adaptation plan (embedded, or ``adaptation_plan.json`` beside it) is validated and kept
+    in :attr:`SourceCheckpoint.nnssl`. Raises :class:`~nnunet_transfer.errors.CheckpointError` (or its subclasses)
+    naming the file and the cause.
     """
     path = Path(path)
     fmt = _detect_format(path)
@@ -267,4 +271,5 @@ def read_checkpoint(
     if isinstance(obj, Mapping) and where:
         top = where.split(".")[0]
         metadata = {str(k): v for k, v in obj.items() if k != top and k not in ("optimizer_state", "optimizer")}
-    return SourceCheckpoint(path, fmt, where, state_dict, metadata, ignored)
+    nnssl = detect_nnssl(path, obj, where, state_dict) if isinstance(obj, Mapping) else None
+    return SourceCheckpoint(path, fmt, where, state_dict, metadata, ignored, nnssl)

@@ -19,13 +19,20 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from nnunet_transfer.core.architectures import SEG_LAYERS_HEAD_PATTERN, architecture_for
-from nnunet_transfer.core.loading.adapt import adapt_conv_kernel, adapt_input_channels, adapt_transposed_kernel
+from nnunet_transfer.core.loading.adapt import (
+    adapt_conv_kernel,
+    adapt_input_channels,
+    adapt_transposed_kernel,
+    infer_token_grid,
+    resample_positional_embedding,
+)
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
 from nnunet_transfer.core.loading.heads import HeadChannels, head_channels
 from nnunet_transfer.core.loading.keys import normalize_keys
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, ReasonCode, TensorRecord
 from nnunet_transfer.core.modules import unwrap_network
+from nnunet_transfer.core.nnssl import NnsslKeyMap, declared_parts
 from nnunet_transfer.errors import LoadGuardError, NonFiniteWeightsError
 
 __all__ = ["DEFAULT_HEAD_PATTERN", "LoadOptions", "load_pretrained", "plan_load", "unwrap_network"]
@@ -133,12 +140,19 @@ def plan_load(
     mod = unwrap_network(network)
     targets = _target_tensors(mod)
     all_target_names = [n for t in targets for n in t.names]
-    mapping = normalize_keys(list(source.state_dict), all_target_names, options.rename, options.key_map)
+    spec = architecture_for(mod)  # a head pattern the caller gave wins over the one the architecture declares
+    head_re = re.compile(options.head_pattern or spec.head_pattern)
+    lpe = spec.positional_embedding(mod)
+    key_map, nnssl_map = options.key_map, None
+    if source.nnssl is not None:  # the declared stem / encoder / positional embedding onto the target's
+        stem, encoder = declared_parts(mod, spec.name)
+        nnssl_map = NnsslKeyMap(source.nnssl.plan, stem, encoder, lpe, frozenset(all_target_names),
+                                options.load_decoder, head_re.pattern)
+        key_map = nnssl_map if options.key_map is None else _chain(options.key_map, nnssl_map)
+    mapping = normalize_keys(list(source.state_dict), all_target_names, options.rename, key_map)
     by_name: dict[str, str] = {}
     for raw, norm in mapping.names.items():
         by_name.setdefault(norm, raw)
-    spec = architecture_for(mod)  # a head pattern the caller gave wins over the one the architecture declares
-    head_re = re.compile(options.head_pattern or spec.head_pattern)
     if source_labels is None and source.dataset_json is not None:
         source_labels = source.dataset_json.get("labels")
     src_ch, tgt_ch = head_channels(source_labels), head_channels(target_labels)
@@ -183,6 +197,8 @@ def plan_load(
             label_mapping = label_mapping or hm
         elif src.shape == tgt.shape:
             rec.status, rec.code, rec.reason, value = "loaded", ReasonCode.EXACT.value, "exact", src
+        elif lpe is not None and lpe in t.names:
+            rec.status, rec.code, rec.reason, value = _adapt_pos_embed(src, tgt, t.owner, source)
         else:
             rec.status, rec.code, rec.reason, value = _adapt(key, src, tgt, t.owner, key in first_conv, options)
         if value is not None:
@@ -197,8 +213,12 @@ def plan_load(
     unused = [k for k in source.state_dict
               if k not in used and k not in dropped and _storage_id(source.state_dict[k]) not in aliases_used]
     notes = []
-    if mapping.dropped:
-        notes.append(f"{len(mapping.dropped)} checkpoint keys dropped by key_map: {mapping.dropped[:5]}")
+    user_dropped = mapping.dropped
+    if nnssl_map is not None:  # its drops are the pretraining decoder and head, said in its own note
+        user_dropped = mapping.dropped = [k for k in mapping.dropped if k not in set(nnssl_map.dropped)]
+        notes.extend(_nnssl_records(records, nnssl_map, mapping.names.values()))
+    if user_dropped:
+        notes.append(f"{len(user_dropped)} checkpoint keys dropped by key_map: {user_dropped[:5]}")
     if source.ignored_entries:
         notes.append(f"non-tensor entries in the weights container ignored: {source.ignored_entries[:5]}")
     report = LoadReport(
@@ -213,6 +233,102 @@ def plan_load(
         notes=notes,
     )
     return report, plan
+
+
+def _chain(first: Any, second: Any) -> Any:
+    """The user's key map first (it sees the raw keys), then the nnssl mapping."""
+    def key_map(key: str) -> str | None:
+        out = first(key)
+        return None if out is None else second(out)
+
+    return key_map
+
+
+def _nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: Any) -> list[str]:
+    """Say why what the nnssl checkpoint does not provide stays fresh; only stem, encoder and positional embedding
+    count towards coverage. Returns notes for the report."""
+    src_stages: dict[int, set[int | None]] = {}
+    for name in mapped:
+        st = nnssl_map.stage_of(name)
+        if st is not None:
+            src_stages.setdefault(st[0], set()).add(st[1])
+    tgt_stages: set[int] = set()
+    for rec in records:
+        names = [rec.key, *rec.aliases]
+        if not nnssl_map.in_scope(names):
+            rec.in_coverage = False
+            if rec.status == "missing":
+                rec.code = ReasonCode.PRETRAINING_DECODER.value
+                rec.reason = ("fresh: the pretraining network's head reconstructs images (nnssl); never loaded"
+                              if rec.is_head else
+                              "fresh: not part of the pretrained stem and encoder (nnssl: the pretraining decoder "
+                              "reconstructed images)"
+                              + ("" if nnssl_map.load_decoder else "; load_decoder: true loads it where shapes allow"))
+            continue
+        st = next((s for n in names if (s := nnssl_map.stage_of(n)) is not None), None)
+        if st is None:
+            continue
+        tgt_stages.add(st[0])
+        if rec.status != "missing":
+            continue
+        if st[0] not in src_stages:
+            rec.code = ReasonCode.NEW_STAGE.value
+            rec.reason = (f"fresh: the checkpoint's encoder has {len(src_stages)} stages; stage {st[0]} is the "
+                          "target's own")
+        elif st[1] is not None and st[1] not in src_stages[st[0]]:
+            rec.code = ReasonCode.NEW_BLOCK.value
+            rec.reason = (f"fresh: stage {st[0]} of the checkpoint's encoder has {len(src_stages[st[0]])} blocks; "
+                          f"block {st[1]} is the target's own")
+    notes = [nnssl_map.describe()]
+    extra = sorted(set(src_stages) - tgt_stages)
+    if extra and tgt_stages:
+        notes.append(f"checkpoint encoder stages {extra} not loaded: the target's encoder has {len(tgt_stages)} "
+                     "stages (the deepest are dropped)")
+    return notes
+
+
+def _prefix_tokens(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Prefix (register / class) tokens a checkpoint's positional embedding holds before its grid."""
+    n = 0
+    for key, value in state_dict.items():
+        if key.rsplit(".", 1)[-1] == "register_tokens" and value.ndim == 3:
+            n += int(value.shape[1])
+        elif key.rsplit(".", 1)[-1] == "cls_token":
+            n += 1
+    return n
+
+
+def _adapt_pos_embed(src: torch.Tensor, tgt: torch.Tensor, owner: nn.Module | None, source: SourceCheckpoint
+                     ) -> tuple[str, str, str, torch.Tensor | None]:
+    """Resample a positional embedding ``[1, prefix + tokens, C]`` to the target's grid (prefix tokens apart)."""
+    shapes = f"{_fmt(src.shape)} vs target {_fmt(tgt.shape)}"
+    if src.ndim != 3 or tgt.ndim != 3 or src.shape[0] != 1 or tgt.shape[0] != 1 or src.shape[2] != tgt.shape[2]:
+        return "skipped", ReasonCode.WIDTH_MISMATCH.value, f"positional embedding widths differ: {shapes}", None
+    src_prefix, tgt_prefix = _prefix_tokens(source.state_dict), int(getattr(owner, "num_prefix_tokens", 0) or 0)
+    src_hints: list[list[int]] = []
+    if source.nnssl is not None:  # the patch embedding's kernel is its stride: pretraining patch / kernel
+        plan = source.nnssl.plan
+        proj = source.state_dict.get(f"{plan.keys_to_in_proj[0]}.weight")
+        if proj is not None and proj.ndim == 5:
+            k = list(proj.shape[2:])
+            for patch in (plan.pretrain_patch, list(plan.recommended_downstream_patchsize)):
+                if patch:
+                    src_hints.append([p // s for p, s in zip(patch, k, strict=True)])
+    rope = getattr(owner, "rope", None)
+    tgt_hints = [list(rope.feat_shape)] if getattr(rope, "feat_shape", None) is not None else []
+    src_grid = infer_token_grid(src.shape[1] - src_prefix, src_hints)
+    tgt_grid = infer_token_grid(tgt.shape[1] - tgt_prefix, tgt_hints)
+    if src_grid is None or tgt_grid is None:
+        which = "checkpoint's" if src_grid is None else "target's"
+        return ("skipped", ReasonCode.POS_EMBED_GRID.value,
+                f"positional embedding: the {which} token grid cannot be inferred from its token count: {shapes}",
+                None)
+    value = resample_positional_embedding(src, src_grid, tgt_grid, src_prefix)
+    if src_prefix != tgt_prefix:  # the target's own prefix tokens stay fresh
+        value = torch.cat([tgt.detach().to("cpu")[:, :tgt_prefix], value[:, src_prefix:]], dim=1)
+    why = (f"positional embedding resampled (trilinear) from a {_fmt(src_grid)} to a {_fmt(tgt_grid)} token grid"
+           + (f"; {src_prefix} prefix tokens kept apart" if src_prefix else ""))
+    return "adapted", ReasonCode.POS_EMBED.value, why, value
 
 
 def _adapt(

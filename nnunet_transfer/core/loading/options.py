@@ -52,6 +52,9 @@ class LoadOptions(BaseModel):
     map_heads: bool = Field(
         True, description="copy segmentation-head output channels whose label names match (other channels keep "
                           "their fresh init)")
+    load_decoder: bool = Field(
+        False, description="nnssl checkpoints: also load the pretraining decoder where names and shapes match "
+                           "(default: stem and encoder only; the pretraining head never)")
     key_map: KeyMap | None = Field(
         None, exclude=True,
         description="Python only: a callable applied to every checkpoint key before the rename rules; it returns "

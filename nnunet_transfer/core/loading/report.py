@@ -25,10 +25,18 @@ kernel_adapt_off           skipped   kernel size differs and ``adapt_kernels`` i
 non_integer_factor         skipped   transposed kernel differs by a non-integer factor
 nonfinite                  skipped   NaN/Inf in the checkpoint tensor (the load is refused as a whole)
 missing                    missing   no tensor of this name in the checkpoint
+pos_embed                  adapted   positional embedding resampled (trilinear) to the target's token grid
+pos_embed_grid             skipped   positional embedding: the token grid of one side cannot be inferred
+pretraining_decoder        missing   nnssl: decoder/head of the pretraining network, not transferred (fresh)
+new_stage                  missing   nnssl: the target's encoder has more stages than the checkpoint's (fresh)
+new_block                  missing   nnssl: the target's stage has more blocks than the checkpoint's (fresh)
 =========================  ========  =========================================================================
 
 ``code`` is one string. An adapted tensor that went through two adaptations joins their codes with ``+`` in the
 order they were applied (``input_channels+kernel``); :attr:`TensorRecord.codes` splits it.
+
+A record with ``in_coverage`` false does not count towards :attr:`LoadReport.coverage` (for an nnssl checkpoint only
+what its adaptation plan declares transferable counts: stem, encoder, positional embedding).
 """
 
 from __future__ import annotations
@@ -71,6 +79,11 @@ class ReasonCode(str, Enum):
     NON_INTEGER_FACTOR = "non_integer_factor"
     NONFINITE = "nonfinite"
     MISSING = "missing"
+    POS_EMBED = "pos_embed"
+    POS_EMBED_GRID = "pos_embed_grid"
+    PRETRAINING_DECODER = "pretraining_decoder"
+    NEW_STAGE = "new_stage"
+    NEW_BLOCK = "new_block"
 
     def __str__(self) -> str:
         return self.value
@@ -98,6 +111,11 @@ REASON_TEXT: dict[str, str] = {
     "non_integer_factor": "kernel size differs by a non-integer factor",
     "nonfinite": "NaN/Inf values",
     "missing": "missing from the checkpoint",
+    "pos_embed": "positional embedding resampled",
+    "pos_embed_grid": "positional embedding grid unknown",
+    "pretraining_decoder": "pretraining decoder/head, not transferred",
+    "new_stage": "encoder stage the checkpoint does not have",
+    "new_block": "encoder block the checkpoint does not have",
 }
 
 
@@ -116,6 +134,7 @@ class TensorRecord:
     is_parameter: bool = True
     is_head: bool = False
     aliases: list[str] = field(default_factory=list)
+    in_coverage: bool = True  # counts towards LoadReport.coverage (heads never count)
 
     @property
     def codes(self) -> tuple[str, ...]:
@@ -179,11 +198,11 @@ class LoadReport:
 
     @property
     def coverage(self) -> float:
-        """Fraction of target parameter elements (heads excluded, each tensor once) loaded or adapted."""
-        total = sum(r.numel for r in self.tensors if r.is_parameter and not r.is_head)
-        done = sum(
-            r.numel for r in self.tensors if r.is_parameter and not r.is_head and r.status in ("loaded", "adapted")
-        )
+        """Fraction of target parameter elements (heads and records not ``in_coverage`` excluded, each tensor once)
+        loaded or adapted."""
+        counted = [r for r in self.tensors if r.is_parameter and not r.is_head and r.in_coverage]
+        total = sum(r.numel for r in counted)
+        done = sum(r.numel for r in counted if r.status in ("loaded", "adapted"))
         return done / total if total else 0.0
 
     @property
@@ -199,7 +218,7 @@ class LoadReport:
     def main_reasons(self, n: int = 3) -> list[str]:
         """The reason codes that cost most coverage, each as text with its code, the number of tensors and the share
         of parameter elements it left out, and an example key (see :meth:`lost_by_code` for the figures)."""
-        total = sum(r.numel for r in self.tensors if r.is_parameter and not r.is_head) or 1
+        total = sum(r.numel for r in self.tensors if r.is_parameter and not r.is_head and r.in_coverage) or 1
         ranked = sorted(self.lost_by_code().items(), key=lambda kv: -kv[1][0])[:n]
         return [f"{REASON_TEXT.get(code, code)} [{code}] ({cnt} tensors, {num / total:.0%} of parameters, e.g. {ex})"
                 for code, (num, cnt, ex) in ranked]
@@ -208,7 +227,7 @@ class LoadReport:
         """``{code: (parameter elements, tensors, first key)}`` of the parameters (heads excluded) not loaded."""
         lost: dict[str, list] = defaultdict(lambda: [0, 0, ""])
         for r in self.tensors:
-            if r.is_parameter and not r.is_head and r.status in ("skipped", "missing"):
+            if r.is_parameter and not r.is_head and r.in_coverage and r.status in ("skipped", "missing"):
                 entry = lost[r.code]
                 entry[0] += r.numel
                 entry[1] += 1

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nnunet_transfer.core.io import parse_yaml_mapping
 from nnunet_transfer.core.loading.options import LoadOptions
@@ -72,6 +72,14 @@ class Recipe(BaseModel):
     weight_decay: float | None = Field(None, ge=0)
     save_every: int | None = Field(None, ge=1)  # epochs between checkpoint_latest.pth writes (nnU-Net: 50)
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    # AdamW's (beta1, beta2); null: torch's (0.9, 0.999). Only with optimizer: adamw
+    adamw_betas: tuple[float, float] | None = None
+    # clip the gradient norm of all parameters to this before each step; null: nnU-Net's 12 (which its train_step
+    # applies anyway, so values above 12 cannot take effect and are refused)
+    grad_clip_norm: float | None = Field(None, gt=0, le=12)
+    # linear warmup of every group's rate over the first N epochs ((e + 1) / N), then the polynomial decay over the
+    # remaining epochs (nnU-Net's Primus trainers); 0: none
+    warmup_all_epochs: int = Field(0, ge=0)
     # parameter groups: None derives nnU-Net's (encoder.stem, encoder.stageN, decoder.stageN, heads); otherwise
     # {name: [regex, ...]} with each regex matched against whole parameter names
     groups: dict[str, list[str]] | None = None
@@ -86,6 +94,22 @@ class Recipe(BaseModel):
     split_frozen_skips: bool = True
     pretrained: PretrainedSpec = Field(default_factory=PretrainedSpec)
     source: str | None = Field(None, exclude=True, description="file the recipe was read from")
+
+    @field_validator("adamw_betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"each beta must be in [0, 1), got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.adamw_betas is not None and self.optimizer != "adamw":
+            raise ValueError(f"adamw_betas {list(self.adamw_betas)} need optimizer: adamw (optimizer is "
+                             f"{self.optimizer!r})")
+        if self.num_epochs is not None and self.warmup_all_epochs >= self.num_epochs:
+            raise ValueError(f"warmup_all_epochs {self.warmup_all_epochs} must be below num_epochs {self.num_epochs}")
+        return self
 
     def scaled(self, num_epochs: int) -> Recipe:
         """This recipe on a budget of ``num_epochs``: phase starts, unfreezing steps and warmup scaled in proportion.
@@ -110,7 +134,8 @@ class Recipe(BaseModel):
             update={"start_epoch": scale(self.progressive.start_epoch), "every": scale(self.progressive.every)})
         return self.model_copy(update={
             "name": f"{self.name}_{num_epochs}epochs", "num_epochs": num_epochs, "phases": phases,
-            "progressive": progressive, "warmup_epochs": scale(self.warmup_epochs)})
+            "progressive": progressive, "warmup_epochs": scale(self.warmup_epochs),
+            "warmup_all_epochs": min(scale(self.warmup_all_epochs), num_epochs - 1)})
 
 
 def available_recipes() -> list[str]:

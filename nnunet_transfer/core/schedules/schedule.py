@@ -5,7 +5,9 @@ The learning rate of group ``g`` at epoch ``e`` is::
     base_lr * multiplier[g] * (1 - e / num_epochs) ** 0.9 * warmup[g](e)      (0 while g is frozen)
 
 nnU-Net's polynomial decay, times the group's multiplier, times a linear warmup over ``warmup_epochs`` epochs for
-groups that become trainable after the first phase (``(e - start + 1) / warmup_epochs`` until it reaches 1).
+groups that become trainable after the first phase (``(e - start + 1) / warmup_epochs`` until it reaches 1). With a
+whole-network warmup (``warmup_all_epochs`` W > 0) the decay factor is ``(e + 1) / W`` for ``e < W`` and
+``(1 - (e - W) / (num_epochs - W)) ** 0.9`` afterwards, as nnU-Net's Primus trainers schedule it.
 Everything is a pure function of the epoch, so a resumed run (``--c``) follows exactly the same table.
 """
 
@@ -25,6 +27,7 @@ from nnunet_transfer.core.schedules.groups import ParameterGroup, select_groups
 from nnunet_transfer.errors import RecipeError, TrainingStateError
 
 __all__ = [
+    "GradClip",
     "PerGroupLRScheduler",
     "Schedule",
     "apply_freeze",
@@ -48,6 +51,7 @@ class Schedule:
     base_lr: float
     num_epochs: int
     warmup_epochs: int = 0
+    warmup_all_epochs: int = 0
 
     def trainable(self, epoch: int) -> list[str]:
         """Groups that train at ``epoch``."""
@@ -62,8 +66,15 @@ class Schedule:
             return 1.0
         return min(1.0, (epoch - start + 1) / self.warmup_epochs)
 
+    def decay(self, epoch: int) -> float:
+        """The factor every group shares at ``epoch``: whole-network warmup, then the polynomial decay."""
+        w = self.warmup_all_epochs
+        if w > 0 and epoch < w:
+            return (epoch + 1) / w
+        return (1 - (epoch - w) / (self.num_epochs - w)) ** POLY_EXPONENT
+
     def lr(self, group: str, epoch: int) -> float:
-        poly = (1 - epoch / self.num_epochs) ** POLY_EXPONENT
+        poly = self.decay(epoch)
         return self.base_lr * self.multiplier[group] * poly * self.warmup(group, epoch)
 
     def table(self, epochs: Sequence[int] | None = None) -> list[dict[str, Any]]:
@@ -120,15 +131,20 @@ def resolve_schedule(recipe: Any, group_names: Sequence[str], num_epochs: int, b
     for sel, wd in recipe.group_weight_decay.items():
         for g in select_groups([sel], groups, "group_weight_decay"):
             weight_decay[g] = float(wd)
-    return Schedule(tuple(groups), unfreeze, multiplier, weight_decay, base_lr, num_epochs, recipe.warmup_epochs)
+    warmup_all = getattr(recipe, "warmup_all_epochs", 0)
+    if warmup_all >= num_epochs:
+        raise RecipeError(f"warmup_all_epochs {warmup_all} must be below the number of epochs ({num_epochs})")
+    return Schedule(tuple(groups), unfreeze, multiplier, weight_decay, base_lr, num_epochs, recipe.warmup_epochs,
+                    warmup_all)
 
 
 def build_optimizer(
-    groups: Sequence[ParameterGroup], schedule: Schedule, optimizer: str = "sgd"
+    groups: Sequence[ParameterGroup], schedule: Schedule, optimizer: str = "sgd",
+    betas: tuple[float, float] | None = None,
 ) -> torch.optim.Optimizer:
     """One optimizer param group per parameter group (named), holding every parameter from the start, so that the
     optimizer state layout never changes when groups are frozen or unfrozen. SGD is nnU-Net's (momentum 0.99,
-    Nesterov)."""
+    Nesterov); AdamW takes ``betas`` (default torch's)."""
     param_groups = [
         {"params": g.params, "name": g.name, "weight_decay": schedule.weight_decay[g.name],
          "lr": schedule.lr(g.name, 0)}
@@ -137,7 +153,7 @@ def build_optimizer(
     if optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=schedule.base_lr, momentum=0.99, nesterov=True)
     if optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=schedule.base_lr)
+        return torch.optim.AdamW(param_groups, lr=schedule.base_lr, **({"betas": tuple(betas)} if betas else {}))
     raise RecipeError(f"optimizer {optimizer!r}: expected 'sgd' or 'adamw'")
 
 
@@ -274,3 +290,21 @@ def rewrap_ddp(ddp: nn.parallel.DistributedDataParallel) -> nn.parallel.Distribu
     for hook, state in getattr(ddp, "_comm_hooks", []):
         new.register_comm_hook(state, hook)
     return new
+
+
+class GradClip:
+    """Clip the gradient norm of an optimizer's parameters to ``max_norm`` right before each of its steps (an
+    optimizer step pre-hook: after backward, after a grad scaler's unscale, before the update). Where the training
+    step already clipped to a larger norm (nnU-Net: 12), the result equals clipping to ``max_norm`` alone."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_norm: float):
+        self.max_norm = float(max_norm)
+        self.handle = optimizer.register_step_pre_hook(self)
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+
+    def remove(self) -> None:
+        self.handle.remove()

@@ -17,15 +17,15 @@ def check_transfer(
 
     From a checkpoint: its weights against the network the new plans build for the target. From plans: the
     network the source plans build for the source (needs its dataset.json) against the target's. Networks are
-    built as ``trainer`` builds them (default nnU-Net's ``nnUNetTrainer``); everything is in memory: no folder is
-    read or written.
+    built as ``trainer`` builds them (default: the source's, else nnU-Net's ``nnUNetTrainer``); everything is in
+    memory: no folder is read or written.
     """
     from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint
     from nnunet_transfer.core.loading.loader import LoadOptions, plan_load
     from nnunet_transfer.nnunet.networks import build_network, find_trainer_class
 
-    trainer_class = find_trainer_class(trainer)
     src = transfer.source
+    trainer_class = find_trainer_class(trainer if trainer is not None else src.trainer)
     options = LoadOptions(min_coverage=min_coverage)
     results = []
     ckpt = src.checkpoint

@@ -23,6 +23,11 @@ class SourcePlans:
     configurations: list[str]  # the default selection
     checkpoint: Any = None  # the SourceCheckpoint, when the plans came from one
     dataset_json: dict[str, Any] | None = None
+    # nnssl checkpoints: the normalisation every target channel gets, the pretraining's input channels, and the
+    # trainer whose network is checked (a Primus builds only without deep supervision)
+    normalization: str | None = None
+    input_channels: int | None = None
+    trainer: str | None = None
 
 
 def read_source_plans(
@@ -33,7 +38,8 @@ def read_source_plans(
     *,
     preprocessed: str | os.PathLike | None = None,
 ) -> SourcePlans:
-    """Plans from a checkpoint (``init_args.plans``), a plans JSON file, or a source dataset's preprocessed folder
+    """Plans from a checkpoint (``init_args.plans``; an nnssl checkpoint's adaptation plan, see
+    :func:`nnunet_transfer.core.nnssl.nnunet_plans`), a plans JSON file, or a source dataset's preprocessed folder
     (under ``preprocessed``, default ``$nnUNet_preprocessed`` read now)."""
     path = Path(source)
     if path.is_file() and path.suffix == ".json":
@@ -47,6 +53,13 @@ def read_source_plans(
         from nnunet_transfer.core.loading.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(path, allow_globals=allow_globals, trust_checkpoint=trust_checkpoint)
+        if ckpt.nnssl is not None:
+            from nnunet_transfer.core.nnssl import nnunet_plans
+
+            plan = ckpt.nnssl.plan
+            return SourcePlans(nnunet_plans(plan), f"{path} (nnssl, {plan.architecture_plans.arch_class_name})",
+                               ["3d_fullres"], ckpt, None, normalization="ZScoreNormalization",
+                               input_channels=plan.pretrain_num_input_channels, trainer="nnUNetTrainerAdaptiveFT")
         if ckpt.plans is None or "configurations" not in ckpt.plans:
             raise PlansError(
                 f"{path}: the checkpoint carries no nnU-Net plans (init_args.plans); it was not written by an nnU-Net "

@@ -16,9 +16,10 @@ from nnunet_transfer.nnunet.plans.diff import costs, diff, short
 from nnunet_transfer.nnunet.plans.source import SourcePlans
 from nnunet_transfer.nnunet.plans.target import analyse_target, locate_raw_target
 
-__all__ = ["IntensityStats", "PlansTransfer", "transfer_plans"]
+__all__ = ["IntensityStats", "PlansTransfer", "SpacingChoice", "transfer_plans"]
 
 IntensityStats = Literal["target", "source"]
+SpacingChoice = Literal["source", "pretrain", "target"]
 
 
 @dataclass
@@ -64,8 +65,11 @@ def _resolved_configuration(plans: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _divisor(conf: dict[str, Any]) -> list[int]:
-    strides = conf["architecture"]["arch_kwargs"].get("strides")
+    kwargs = conf["architecture"]["arch_kwargs"]
     dims = len(conf["patch_size"])
+    if kwargs.get("patch_embed_size") is not None:  # Primus: the patch embedding's size
+        return [int(p) for p in kwargs["patch_embed_size"]]
+    strides = kwargs.get("strides")
     if strides is None:
         return [1] * dims
     out = [1] * dims
@@ -75,7 +79,8 @@ def _divisor(conf: dict[str, Any]) -> list[int]:
     return out
 
 
-def _override(conf: dict[str, Any], c: str, patch_size: Sequence[int] | None, spacing: Sequence[float] | None) -> None:
+def _override(conf: dict[str, Any], c: str, patch_size: Sequence[int] | None, spacing: Sequence[float] | None,
+              batch_size: int | None = None) -> None:
     dims = len(conf["patch_size"])
     if patch_size is not None:
         if len(patch_size) != dims:
@@ -84,9 +89,15 @@ def _override(conf: dict[str, Any], c: str, patch_size: Sequence[int] | None, sp
         div = _divisor(conf)
         if any(p <= 0 or p % d for p, d in zip(patch_size, div, strict=True)):
             raise PlansError(f"--patch-size {list(patch_size)} for {c!r}: each axis must be a positive multiple of "
-                             f"the network's total downsampling {div} (its strides); the network would not build "
-                             "or its skip connections would not line up")
+                             f"the network's total downsampling {div} (its strides, or a Primus's patch embedding); "
+                             "the network would not build or its skip connections would not line up")
         conf["patch_size"] = [int(p) for p in patch_size]
+        if "input_shape" in conf["architecture"]["arch_kwargs"]:  # Primus: its positional embedding's grid
+            conf["architecture"]["arch_kwargs"]["input_shape"] = [int(p) for p in patch_size]
+    if batch_size is not None:
+        if batch_size < 1:
+            raise PlansError(f"--batch-size {batch_size}: must be at least 1")
+        conf["batch_size"] = int(batch_size)
     if spacing is not None:
         if len(spacing) != dims or any(s <= 0 for s in spacing):
             raise PlansError(f"--spacing {list(spacing)} for {c!r}: needs {dims} positive values")
@@ -129,7 +140,8 @@ def transfer_plans(
     *,
     intensity_stats: IntensityStats = "target",
     patch_size: Sequence[int] | None = None,
-    spacing: Sequence[float] | None = None,
+    spacing: Sequence[float] | SpacingChoice | None = None,
+    batch_size: int | None = None,
     overwrite: bool = False,
     dry_run: bool = False,
     num_processes: int = 2,
@@ -141,7 +153,9 @@ def transfer_plans(
 
     ``raw`` / ``preprocessed``: nnU-Net's data roots of the target (default: ``$nnUNet_raw`` /
     ``$nnUNet_preprocessed``, read now; the environment is never changed). ``trainer``: the trainer whose network
-    must build for the target (default nnU-Net's ``nnUNetTrainer``). Writes nothing but, when ``dry_run`` is False,
+    must build for the target (default the source's, else nnU-Net's ``nnUNetTrainer``). ``spacing``: values in mm,
+    or ``"source"`` / ``"pretrain"`` (the source's, the default) or ``"target"`` (nnU-Net's own full-resolution spacing
+    for the target). ``batch_size`` overrides the source's. Writes nothing but, when ``dry_run`` is False,
     the target's fingerprint (nnU-Net's ``dataset_fingerprint.json``) if missing and, as nnU-Net's planner does, a
     ``splits_final.json`` found beside the raw data.
     """
@@ -149,6 +163,10 @@ def transfer_plans(
         raise PlansError(f"plans identifier {identifier!r}: give a bare name such as nnUNetPlans_transfer")
     if intensity_stats not in ("target", "source"):
         raise PlansError(f"intensity_stats must be 'target' or 'source', not {intensity_stats!r}")
+    if isinstance(spacing, str) and spacing not in ("source", "pretrain", "target"):
+        raise PlansError(f"--spacing {spacing!r}: give 'pretrain' (or 'source'), 'target' or values in mm")
+    spacing_values = None if isinstance(spacing, str) else spacing
+    trainer = trainer if trainer is not None else source.trainer
     location, target_dj = locate_raw_target(target, raw=raw, preprocessed=preprocessed)
     name = location.name
     plans_file = location.preprocessed / f"{identifier}.json"
@@ -164,7 +182,10 @@ def transfer_plans(
     resolved = {c: _resolved_configuration(src, c) for c in confs}
 
     n_channels = len(target_dj.get("channel_names", target_dj.get("modality", {})))
-    src_channels = len(src.get("foreground_intensity_properties_per_channel", {}))
+    src_channels = len(src.get("foreground_intensity_properties_per_channel", {})) or (source.input_channels or 0)
+    if intensity_stats == "source" and source.normalization is not None:
+        raise PlansError(f"intensity_stats='source': {source.description} carries no intensity statistics (its "
+                         f"channels are normalised by {source.normalization}); use 'target'")
     if intensity_stats == "source" and src_channels != n_channels:
         raise PlansError(f"intensity_stats='source' needs equal channel counts (source {src_channels}, target "
                          f"{n_channels}); use 'target'")
@@ -176,7 +197,7 @@ def transfer_plans(
     for c, conf in resolved.items():
         conf = copy.deepcopy(conf)
         conf["data_identifier"] = f"{identifier}_{c}"
-        _override(conf, c, patch_size, spacing)
+        _override(conf, c, patch_size, spacing_values, batch_size)
         new["configurations"][c] = conf
 
     # the network must still build for the target (channels, labels) and run on the patch size
@@ -195,8 +216,15 @@ def transfer_plans(
     # (with "source", the source's statistics stay: allowed above only for equal channel counts)
     for c in confs:
         conf = new["configurations"][c]
-        conf["normalization_schemes"] = list(facts.normalization_schemes)
-        conf["use_mask_for_norm"] = list(facts.use_mask_for_norm)
+        if spacing == "target":
+            conf["spacing"] = [float(x) for x in np.asarray(facts.own_spacing)[tf]]
+        if source.normalization is not None:  # nnssl: every channel as in pretraining; the mask by nnU-Net's rule
+            mask = float(fingerprint.get("median_relative_size_after_cropping", 1.0)) < 0.75
+            conf["normalization_schemes"] = [source.normalization] * n_channels
+            conf["use_mask_for_norm"] = [mask] * n_channels
+        else:
+            conf["normalization_schemes"] = list(facts.normalization_schemes)
+            conf["use_mask_for_norm"] = list(facts.use_mask_for_norm)
         if len(conf["patch_size"]) == 3:
             conf["median_image_size_in_voxels"] = [
                 float(x) for x in np.median(shapes * spacings / np.array(conf["spacing"])[np.argsort(tf)], 0)[tf]]
