@@ -20,7 +20,7 @@ TEST_TRAINERS = str(Path(__file__).parents[1] / "ext_trainers")
 def test_our_table_is_our_trainers_recipes():
     import nnunet_transfer.trainers as trainers
 
-    assert OUR_TRAINERS == {name: getattr(trainers, name).recipe for name in trainers.__all__}
+    assert {name: getattr(trainers, name).recipe for name in trainers.__all__} == OUR_TRAINERS
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainer", "nnUNetTrainerBN", "nnUNetTrainer_250epochs",
