@@ -48,6 +48,8 @@ def _source(path, plans, conf, labels) -> str:
     from nnunet_transfer.nnunet.networks import build_network
 
     dataset_json = {"channel_names": {"0": "MR"}, "labels": labels, "file_ending": ".nii.gz", "numTraining": 5}
+    if any(isinstance(v, list) for v in labels.values()):
+        dataset_json["regions_class_order"] = [1, 2, 3]
     torch.manual_seed(0)
     net = build_network(plans, conf, dataset_json)
     torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer", "current_epoch": 0,
