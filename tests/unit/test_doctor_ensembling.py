@@ -44,8 +44,8 @@ def test_installed_nnunet_ensembles_regions_correctly(capsys):
 
 def _double_sigmoid_merge(files, out, ending, reader_writer, label_manager, save=False):
     """Ensembling as nnU-Net < 2.7 did it: average the members' probabilities, then the non-linearity again."""
-    from nnunetv2.ensembling.ensemble import average_probabilities
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
+    from nnunetv2.ensembling.ensemble import average_probabilities
 
     probabilities = label_manager.apply_inference_nonlin(average_probabilities(files))
     segmentation = label_manager.convert_probabilities_to_segmentation(probabilities)
