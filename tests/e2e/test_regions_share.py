@@ -150,9 +150,17 @@ def test_find_best_and_ensemble_keep_the_dice_of_the_members(nested):
     failed, ours = [], []
     cases = sorted(p.name[:-4] for p in (_folder(root, "2d") / "fold_0" / "validation").glob("*.npz"))
     assert cases
+    # nnUNetv2_ensemble takes prediction folders (nnUNetv2_predict --save_probabilities: .npz, .pkl, dataset.json,
+    # plans.json); fold 0's validation folders hold the first two, the model folders the others
+    inputs = []
+    for c in CONFIGS:
+        inputs.append(root / "ensemble_inputs" / c)
+        shutil.copytree(_folder(root, c) / "fold_0" / "validation", inputs[-1], dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.nii.gz", "summary.json"))
+        for name in ("dataset.json", "plans.json"):
+            shutil.copy(_folder(root, c) / name, inputs[-1])
     out = root / "ensembled_fold0"
-    run([bin_path("nnUNetv2_ensemble"), "-i", str(_folder(root, "2d") / "fold_0" / "validation"),
-         str(_folder(root, "3d_fullres") / "fold_0" / "validation"), "-o", str(out), "-np", "1"], env)
+    run([bin_path("nnUNetv2_ensemble"), "-i", *map(str, inputs), "-o", str(out), "-np", "1"], env)
     for case in cases:
         probs = np.mean([np.load(_folder(root, c) / "fold_0" / "validation" / f"{case}.npz")["probabilities"]
                          for c in CONFIGS], axis=0)
@@ -175,7 +183,7 @@ def _digest(folder):
 
 def _predict(images, out, trainer):
     return [bin_path("nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", "911", "-c", "3d_fullres",
-            "-tr", trainer, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+            "-tr", trainer, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta", "--disable_progress_bar"]
 
 
 def test_shared_model_predicts_the_same_with_plain_nnunet(nested, tmp_path):
