@@ -183,7 +183,8 @@ def _digest(folder):
 
 def _predict(images, out, trainer):
     return [bin_path("nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", "911", "-c", "3d_fullres",
-            "-tr", trainer, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta", "--disable_progress_bar"]
+            "-tr", trainer, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta",
+            "--disable_progress_bar"]
 
 
 def test_shared_model_predicts_the_same_with_plain_nnunet(nested, tmp_path):
