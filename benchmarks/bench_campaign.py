@@ -6,7 +6,8 @@ Makes a synthetic dataset, plans and preprocesses it once (shared by every run),
 Each round runs, in fresh results folders and alternating the order (ABBA), the campaign (fine-tune arm, ``--folds``
 folds, local executor) and a shell script holding exactly the commands the campaign's ``--dry-run`` lists for a
 fresh results folder (the compatibility check, then ``nnUNetv2_train`` per fold). Printed: the wall time of each
-run, the medians and the ratio campaign / shell script.
+run, the medians and the ratio campaign / shell script, in wall time and in CPU time (user + system of the whole
+process tree: steadier than wall time when other work shares the cores).
 
     python benchmarks/bench_campaign.py --folds 2 --epochs 2 --iters 10 --rounds 1
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,11 +59,15 @@ def _dry_run_commands(campaign: Path, env: dict[str, str]) -> list[str]:
     return cmds
 
 
-def _timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
+def _timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
+    """Wall time and CPU time (user + system of the command and every process it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "w") as f:
         subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -82,6 +88,7 @@ def main() -> None:
                           "val_iterations_per_epoch: 2\npretrained: {min_coverage: 0.5}\n")
         print(f"{args.folds} folds x {args.epochs} epochs x {args.iters} iterations, fine-tune arm, local executor")
         times: dict[str, list[float]] = {"campaign": [], "shell": []}
+        cpu: dict[str, list[float]] = {"campaign": [], "shell": []}
         for r in range(args.rounds):
             for arm in ("shell", "campaign", "campaign", "shell") if r % 2 == 0 else ("campaign", "shell", "shell",
                                                                                        "campaign"):
@@ -94,12 +101,14 @@ def main() -> None:
                     script = root / f"{tag}.sh"
                     script.write_text("set -e\n" + "\n".join(_dry_run_commands(campaign, run_env)) + "\n")
                     cmd = ["bash", str(script)]
-                seconds = _timed(cmd, run_env, root / f"{tag}.log")
+                seconds, cpu_seconds = _timed(cmd, run_env, root / f"{tag}.log")
                 times[arm].append(seconds)
-                print(f"  {arm:8s} {seconds:7.1f} s", flush=True)
-        c, s = statistics.median(times["campaign"]), statistics.median(times["shell"])
-        print(f"median: campaign {c:.1f} s, shell script {s:.1f} s; campaign / shell = {c / s:.3f} "
-              f"(overhead {100 * (c / s - 1):+.1f}%)")
+                cpu[arm].append(cpu_seconds)
+                print(f"  {arm:8s} {seconds:7.1f} s wall, {cpu_seconds:7.1f} s CPU", flush=True)
+        for what, values in (("wall", times), ("CPU", cpu)):
+            c, s = statistics.median(values["campaign"]), statistics.median(values["shell"])
+            print(f"median {what}: campaign {c:.1f} s, shell script {s:.1f} s; campaign / shell = {c / s:.3f} "
+                  f"(overhead {100 * (c / s - 1):+.1f}%)")
 
 
 if __name__ == "__main__":

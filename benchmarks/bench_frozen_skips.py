@@ -13,7 +13,9 @@ through the modes in alternating order (``--rounds`` rounds of ``--iters`` timed
 Memory is the training step's peak RSS above the RSS before it, measured the same way in a second process (the
 kernel's peak counter is reset before each measured step, and large blocks go straight back to the system there, so
 modes do not inherit each other's peaks; the timed process allocates as usual).
-Also printed: the process's CPU time per step (steadier than wall time when other work shares the cores).
+Also printed: the process's CPU time per step (steadier than wall time when other work shares the cores), and the
+floating-point operations of one training step per mode (``torch.utils.flop_counter``): their ratio is the time
+ratio a machine would reach if every operation cost the same, a floor that skipping wasted work cannot go below.
 Target: encoder frozen (split) / nothing frozen <= 0.65 in time.
 
     python benchmarks/bench_frozen_skips.py --rounds 3 --iters 4
@@ -56,6 +58,8 @@ def _step_memory_mb(step) -> float:
 
 
 def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
     from nnunet_transfer.core.schedules.schedule import apply_freeze
     from nnunet_transfer.core.schedules.skips import disable_skip_split, split_skip_convs, update_skip_split
 
@@ -74,6 +78,7 @@ def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) 
     times: dict[str, list[float]] = {m: [] for m in MODES}
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
     memory: dict[str, list[float]] = {m: [] for m in MODES}
+    flops: dict[str, int] = {}
     split: dict[str, list[str]] = {}
     for r in range(rounds):
         for mode in MODES if r % 2 == 0 else MODES[::-1]:
@@ -86,6 +91,10 @@ def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) 
             trainer.train_step(batches[0])  # warm-up after the change
             if memory_only:
                 memory[mode].append(_step_memory_mb(lambda: trainer.train_step(batches[0])))
+                if r == 0:  # the arithmetic of the step: what a faster machine cannot beat
+                    with FlopCounterMode(display=False) as counter:
+                        trainer.train_step(batches[0])
+                    flops[mode] = counter.get_total_flops()
                 continue
             for i in range(iters):
                 start, start_cpu = time.perf_counter(), time.process_time()
@@ -93,7 +102,7 @@ def worker(root: str, rounds: int, iters: int, threads: int, memory_only: bool) 
                 times[mode].append(time.perf_counter() - start)
                 cpu[mode].append(time.process_time() - start_cpu)
     if memory_only:
-        print(json.dumps({"memory": {m: statistics.median(v) for m, v in memory.items()}}))
+        print(json.dumps({"memory": {m: statistics.median(v) for m, v in memory.items()}, "flops": flops}))
     else:
         print(json.dumps({"time": {m: statistics.median(v) for m, v in times.items()},
                           "cpu": {m: statistics.median(v) for m, v in cpu.items()},
@@ -130,7 +139,7 @@ def main() -> None:
             if out.returncode:
                 sys.exit(f"worker failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
             res.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    t, c, m = res["time"], res["cpu"], res["memory"]
+    t, c, m, f = res["time"], res["cpu"], res["memory"], res["flops"]
     print(f"encoder stages: {res['encoder_stages']}; split convolutions: "
           + ", ".join(f"{k} {len(v)}" for k, v in res["split"].items()))
     for mode in MODES:
@@ -143,6 +152,9 @@ def main() -> None:
               + f"; memory {m[frozen] / base_m:.3f} without, {m[frozen + '_split'] / base_m:.3f} with")
         print(f"{frozen}: split / no split: time {t[frozen + '_split'] / t[frozen]:.3f}, "
               f"memory {m[frozen + '_split'] / m[frozen]:.3f}")
+        print(f"  floating-point operations of the step (the floor for any machine): {frozen} / nothing frozen "
+              f"{f[frozen] / f['nothing_frozen']:.3f} without split, {f[frozen + '_split'] / f['nothing_frozen']:.3f} "
+              "with")
         print(f"  CPU time (steadier on a busy machine): {frozen} / nothing frozen "
               f"{c[frozen] / c['nothing_frozen']:.3f} without split, "
               f"{c[frozen + '_split'] / c['nothing_frozen']:.3f} with; split / no split "

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from nnunet_transfer.campaigns.slurm import SlurmExecutorSpec
@@ -42,6 +41,7 @@ from nnunet_transfer.campaigns.tasks import (
     expand_tasks,
     task_slug,
 )
+from nnunet_transfer.core.io import parse_yaml_mapping
 from nnunet_transfer.errors import CampaignError, PlansError, TransferError
 from nnunet_transfer.nnunet.trainer_lookup import TrainerInfo, locate_trainer
 
@@ -274,13 +274,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise CampaignError(f"{path}: campaign file not found") from None
     except OSError as e:
         raise CampaignError(f"{path}: cannot read the campaign file ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise CampaignError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(data, dict):
-        raise CampaignError(f"{path}: a campaign file must be a YAML mapping, found {type(data).__name__}")
-    return data
+    return parse_yaml_mapping(text, str(path), "a campaign file", CampaignError)
 
 
 class _Checker:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (another rank, a resumed run, nnU-Net) never sees a half-written file."""
+"""Files: atomic writes (a reader, another rank, a resumed run or nnU-Net, never sees a half-written file) and YAML
+documents that must be mappings (recipes, campaign files)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
+import yaml
+
+__all__ = ["atomic_path", "parse_yaml_mapping", "write_json_atomic", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -41,3 +44,15 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2
                       default: Callable[[Any], Any] | None = None) -> Path:
     """Write ``data`` as JSON to ``path`` atomically; returns the path."""
     return write_text_atomic(path, json.dumps(data, indent=indent, default=default))
+
+
+def parse_yaml_mapping(text: str, where: str, what: str, error: type[Exception]) -> dict[str, Any]:
+    """Parse ``text`` (from ``where``: a path or a name) as a YAML mapping; anything else raises ``error`` naming
+    ``where`` and ``what`` the document is ("a recipe", "a campaign file")."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise error(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise error(f"{where}: {what} must be a YAML mapping, found {type(data).__name__}")
+    return data

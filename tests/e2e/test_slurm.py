@@ -283,8 +283,11 @@ def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str, 
 
 
 def _start(campaign: Path, env: dict[str, str]) -> tuple[subprocess.Popen, _Output]:
+    # Ctrl-C as at a terminal: a suite started in the background (`cmd &` in a script) inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt; give the command the default disposition a terminal gives it
     proc = subprocess.Popen([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, _Output(proc)
 
 

@@ -13,9 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nnunet_transfer.core.io import parse_yaml_mapping
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.errors import RecipeError
 
@@ -146,12 +146,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         text = shipped.read_text()
         where = f"<shipped recipe {text_name}>"
         path = None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{where}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: a recipe must be a YAML mapping, found {type(data).__name__}")
+    data = parse_yaml_mapping(text, where, "a recipe", RecipeError)
     data.setdefault("name", Path(text_name).stem)
     try:
         recipe = Recipe.model_validate(data)
