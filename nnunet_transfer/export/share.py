@@ -139,7 +139,10 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: every fold's checkpoints are held until they are written
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"{path}: cannot be read as an nnU-Net checkpoint ({first})") from None
@@ -295,11 +298,13 @@ def _plan(folder: ModelFolder, folds: Sequence[str] | None) -> _Plan:
     return _Plan(folder, model, stock, plans, files, checkpoints)
 
 
-def _write_tree(plan: _Plan, root: Path) -> None:
+def _write_tree(plan: _Plan, root: Path, for_zip: bool) -> None:
     import torch
 
     dest = root / plan.model.destination
     for rel in plan.files:
+        if for_zip and not _in_zip(rel):
+            continue
         src, out = plan.folder.path / rel, dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         if rel in plan.checkpoints:
@@ -374,7 +379,7 @@ def share_models(
     staging = Path(tempfile.mkdtemp(prefix=".nnunet_transfer_share_", dir=output.parent))
     try:
         for p in plans:
-            _write_tree(p, staging)
+            _write_tree(p, staging, zip)
         if zip:
             tmp_zip = staging / "shared.zip"
             with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
