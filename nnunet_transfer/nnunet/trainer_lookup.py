@@ -75,17 +75,21 @@ def locate_trainer(name: str) -> TrainerInfo | None:
             continue
         if os.path.normpath(folder) == ours:
             return TrainerInfo(name, reads_recipes=True, recipe=OUR_TRAINERS[name])
-        if _defines(Path(folder), name) or _star_imports_ours(Path(folder)):
-            return None
+        if _defines(Path(folder), name):
+            return None  # a user's class of that name comes first
+        if _imports_ours(Path(folder), name):  # e.g. another copy of our shim folder: nnU-Net finds our class there
+            return TrainerInfo(name, reads_recipes=True, recipe=OUR_TRAINERS[name])
     return None  # our folder is not on nnUNet_extTrainer (NNUNET_TRANSFER_NO_AUTOREGISTER): nnU-Net would not find it
 
 
-def _star_imports_ours(folder: Path) -> bool:
-    """Whether a module under ``folder`` re-exports our trainers (as our own shim does): then the class found there
-    is ours, but from a folder we do not know; let the import decide."""
+def _imports_ours(folder: Path, name: str) -> bool:
+    """Whether a module under ``folder`` imports our class ``name`` (by name or ``*``, as our shim does): nnU-Net
+    then finds our class in that module."""
+    pattern = re.compile(rf"^from\s+nnunet_transfer\.trainers(?:\.\w+)*\s+import\s[^\n]*(?:\*|\b{re.escape(name)}\b)",
+                         re.MULTILINE)
     for path in folder.rglob("*.py"):
         try:
-            if "nnunet_transfer.trainers" in path.read_text(encoding="utf-8", errors="replace"):
+            if pattern.search(path.read_text(encoding="utf-8", errors="replace")):
                 return True
         except OSError:
             continue

@@ -48,6 +48,23 @@ def test_unknown_and_users_trainers_are_left_to_the_import(monkeypatch, tmp_path
     assert locate_trainer("nnUNetTrainer") == TrainerInfo("nnUNetTrainer", False)
 
 
+def test_another_copy_of_our_shim_folder_is_ours(monkeypatch, tmp_path):
+    """An installed copy plus a development checkout on PYTHONPATH put two shim folders on the path: nnU-Net finds
+    our class through the first, so do we (and a user's module that imports one of ours by name)."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "shim.py").write_text("from nnunet_transfer.trainers import *  # noqa\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "mine.py").write_text("from nnunet_transfer.trainers import nnUNetTrainerAdaptiveFT_Full\n")
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join([str(copy), TRAINER_FOLDER]))
+    assert locate_trainer("nnUNetTrainerAdaptiveFT_DecoderOnly") == TrainerInfo(
+        "nnUNetTrainerAdaptiveFT_DecoderOnly", True, "decoder_only")
+    monkeypatch.setenv("nnUNet_extTrainer", str(mine))
+    assert locate_trainer("nnUNetTrainerAdaptiveFT_Full") == TrainerInfo("nnUNetTrainerAdaptiveFT_Full", True, "full_ft")
+    assert locate_trainer("nnUNetTrainerAdaptiveFT_DecoderOnly") is None  # not in that module: nnU-Net finds none
+
+
 def test_loading_a_campaign_imports_no_torch(tmp_path):
     """``campaign run``/``status`` validate the trainers of both arms without the 3-6 s of importing torch and
     nnU-Net's trainer modules (issue 10's overhead goal)."""
