@@ -8,11 +8,12 @@ the file's executor; :class:`TaskExecution` runs one task (every executor uses i
 from nnunet_transfer.campaigns.execute import Outcome, TaskExecution
 from nnunet_transfer.campaigns.runner import campaign_status, run_campaign
 from nnunet_transfer.campaigns.spec import Campaign, CampaignSpec, load_campaign
-from nnunet_transfer.campaigns.tasks import PrepareTask, TrainTask
+from nnunet_transfer.campaigns.tasks import FindBestTask, PrepareTask, TrainTask
 
 __all__ = [
     "Campaign",
     "CampaignSpec",
+    "FindBestTask",
     "Outcome",
     "PrepareTask",
     "TaskExecution",

@@ -2,8 +2,9 @@
 
 :class:`TaskExecution` takes the task's lock, reads what is done from nnU-Net's files, runs the stock commands
 (``nnUNetv2_plan_and_preprocess`` / ``nnunet-transfer plans``, ``nnUNetv2_preprocess``, ``nnunet-transfer check``,
-``nnUNetv2_train``) through the console scripts of this Python environment, appends their output to
-``<workdir>/logs/<task>.log`` and keeps a failure record ``<workdir>/failures/<task>.json`` while the task fails.
+``nnUNetv2_train``, ``nnUNetv2_find_best_configuration``) through the console scripts of this Python environment,
+appends their output to ``<workdir>/logs/<task>.log`` and keeps a failure record ``<workdir>/failures/<task>.json``
+while the task fails.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from nnunet_transfer.campaigns.state import (
     train_done,
     train_state,
 )
-from nnunet_transfer.campaigns.tasks import PrepareTask, TrainTask
+from nnunet_transfer.campaigns.tasks import FindBestTask, PrepareTask, TrainTask
 from nnunet_transfer.core.commands import console_script
 from nnunet_transfer.core.io import write_json_atomic
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
@@ -44,13 +45,15 @@ __all__ = [
     "TaskExecution",
     "TaskView",
     "describe_task",
+    "find_best_command",
+    "find_best_done",
     "read_failure",
     "resolve_device",
     "train_command",
 ]
 
 Status = Literal["done", "skipped", "failed", "preempted", "busy", "blocked"]
-Task = PrepareTask | TrainTask
+Task = PrepareTask | TrainTask | FindBestTask
 
 
 @dataclass
@@ -103,7 +106,28 @@ def train_command(campaign: Campaign, task: TrainTask, state: TrainState, device
         cmd += ["-pretrained_weights", str(campaign.pretrained)]
     if state.flag:
         cmd.append(state.flag)
+    if campaign.needs_npz(task):
+        cmd.append("--npz")  # the find-best step ensembles the validation probabilities
     return [*cmd, "-device", device]
+
+
+def find_best_command(task: FindBestTask, env: Mapping[str, str]) -> list[str]:
+    """The stock ``nnUNetv2_find_best_configuration`` over the target's trained folds."""
+    cmd = [console_script("nnUNetv2_find_best_configuration"), str(task.dataset_id), "-c", *task.configurations,
+           "-tr", *task.trainers, "-p", task.plans, "-f", *map(str, task.folds)]
+    if not task.ensembling:
+        cmd.append("--disable_ensembling")
+    n = _num_processes(env)
+    return [*cmd, "-np", n] if n else cmd
+
+
+def find_best_done(campaign: Campaign, task: FindBestTask) -> bool:
+    """nnU-Net's ``inference_information.json`` is there and newer than every fold it was computed from."""
+    if not task.result.is_file():
+        return False
+    folds = [t.fold_dir / "checkpoint_final.pth" for t in campaign.train_tasks if t.id in task.train_ids]
+    newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
+    return task.result.stat().st_mtime >= newest
 
 
 def _shown(cmd: Sequence[str], env: Mapping[str, str], extra: Mapping[str, str]) -> str:
@@ -212,6 +236,8 @@ class TaskExecution:
             with lock:
                 if isinstance(self.task, PrepareTask):
                     status, message = self._prepare(lock)
+                elif isinstance(self.task, FindBestTask):
+                    status, message = self._find_best(lock)
                 else:
                     status, message = self._train(lock)
         except _Failed as e:
@@ -291,6 +317,25 @@ class TaskExecution:
             raise _Failed(f"nnUNetv2_train exited 0 but {task.fold_dir} has no checkpoint_final.pth and "
                           "validation/summary.json", cmd, code)
         raise _Failed(f"nnUNetv2_train exited with status {code}: {_error_line(output)}", cmd, code)
+
+    def _find_best(self, lock: TaskLock) -> tuple[Status, str]:
+        task = self.task
+        assert isinstance(task, FindBestTask)
+        if find_best_done(self.campaign, task):
+            return "skipped", f"already done ({task.result})"
+        trains = [t for t in self.campaign.train_tasks if t.id in task.train_ids]
+        left = [t.id for t in trains if not train_done(t)]
+        if left:
+            return "blocked", f"{len(left)} fold(s) not trained (first: {left[0]})"
+        env = self._base_env()
+        cmd = find_best_command(task, env)
+        code, output = self._command(cmd, env, lock)
+        if code != 0:
+            raise _Failed(f"nnUNetv2_find_best_configuration exited with status {code}: {_error_line(output)}",
+                          cmd, code)
+        if not find_best_done(self.campaign, task):
+            raise _Failed(f"nnUNetv2_find_best_configuration exited 0 but did not write {task.result}", cmd, code)
+        return "done", f"best configuration in {task.result}"
 
     def _prepare(self, lock: TaskLock) -> tuple[Status, str]:
         task = self.task
@@ -427,6 +472,19 @@ def describe_task(campaign: Campaign, task: Task, device: str | None = None) -> 
     """The task's state from the files, its lock and failure record; changes nothing."""
     holder = lock_holder(campaign.lock_path(task))
     failure = read_failure(campaign, task)
+    if isinstance(task, FindBestTask):
+        if find_best_done(campaign, task):
+            return TaskView(task, "done", str(task.result))
+        if holder is not None:
+            return TaskView(task, "running", holder.describe())
+        cmd = (shlex.join(find_best_command(task, os.environ)),)
+        if failure is not None:
+            return TaskView(task, "failed", f"{failure.get('message', '?')} (log: {failure.get('log', '?')}); "
+                                            "the next run retries it", cmd)
+        left = [t for t in campaign.train_tasks if t.id in task.train_ids and not train_done(t)]
+        if left:
+            return TaskView(task, "waiting", f"for {len(left)} fold(s) to finish", cmd)
+        return TaskView(task, "to run", f"over {len(task.train_ids)} folds", cmd)
     if isinstance(task, TrainTask):
         state = train_state(task)
         if state.kind == "done":

@@ -19,14 +19,14 @@ from collections.abc import Callable, Sequence
 from nnunet_transfer.campaigns.execute import Outcome, TaskExecution, TaskView, describe_task, resolve_device
 from nnunet_transfer.campaigns.spec import Campaign
 from nnunet_transfer.campaigns.state import train_done
-from nnunet_transfer.campaigns.tasks import PrepareTask, TrainTask
+from nnunet_transfer.campaigns.tasks import FindBestTask, PrepareTask, TrainTask
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
 from nnunet_transfer.demo.progress import format_elapsed
 
 __all__ = ["campaign_status", "format_status", "run_campaign"]
 
 Echo = Callable[[str], None]
-Task = PrepareTask | TrainTask
+Task = PrepareTask | TrainTask | FindBestTask
 
 
 def run_campaign(campaign: Campaign, dry_run: bool = False, echo: Echo = print) -> int:
@@ -100,9 +100,12 @@ class _LocalRunner:
 
     # --- scheduling -------------------------------------------------------------------------------------------------
     def _next(self) -> Task | None:
-        """The first pending task that can start: a fold only once its target's prepare step has ended."""
+        """The first pending task that can start: a fold only once its target's prepare step has ended, a find-best
+        step once its folds have."""
         for task in self.pending:
             if isinstance(task, TrainTask) and task.prepare_id not in self.results:
+                continue
+            if isinstance(task, FindBestTask) and not all(i in self.results for i in task.train_ids):
                 continue
             return task
         return None
@@ -177,8 +180,10 @@ class _LocalRunner:
         c.workdir.mkdir(parents=True, exist_ok=True)
         gpus = "" if self.slots == [None] else f", one fold per GPU ({', '.join(map(str, self.slots))})"
         n_train = sum(isinstance(t, TrainTask) for t in self.tasks)
-        self.echo(f"campaign {c.name}: {len(self.tasks)} tasks ({len(self.tasks) - n_train} prepare, {n_train} "
-                  f"train) on this machine{gpus}; logs in {c.workdir / 'logs'}")
+        n_best = sum(isinstance(t, FindBestTask) for t in self.tasks)
+        best = f", {n_best} find-best" if n_best else ""
+        self.echo(f"campaign {c.name}: {len(self.tasks)} tasks ({len(self.tasks) - n_train - n_best} prepare, "
+                  f"{n_train} train{best}) on this machine{gpus}; logs in {c.workdir / 'logs'}")
         start = time.monotonic()
         previous = None
         if threading.current_thread() is threading.main_thread():

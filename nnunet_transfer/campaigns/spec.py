@@ -15,6 +15,7 @@ A campaign file::
       - dataset: 902
       - {dataset: Dataset903_Brain, folds: [0, 1]}
     baseline: {trainer: nnUNetTrainer}
+    find_best: {ensembling: true}     # optional: nnUNetv2_find_best_configuration per target once its folds are done
     executor: {kind: local}
 """
 
@@ -29,7 +30,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from nnunet_transfer.campaigns.slurm import SlurmExecutorSpec
-from nnunet_transfer.campaigns.tasks import Arm, PlansMode, PrepareTask, Target, TrainTask, expand_tasks, task_slug
+from nnunet_transfer.campaigns.tasks import (
+    Arm,
+    FindBestTask,
+    PlansMode,
+    PrepareTask,
+    Target,
+    TrainTask,
+    expand_find_best,
+    expand_tasks,
+    task_slug,
+)
 from nnunet_transfer.core.io import parse_yaml_mapping
 from nnunet_transfer.errors import CampaignError, PlansError, TransferError
 from nnunet_transfer.nnunet.trainer_lookup import TrainerInfo, locate_trainer
@@ -38,6 +49,7 @@ __all__ = [
     "BaselineSpec",
     "Campaign",
     "CampaignSpec",
+    "FindBestSpec",
     "LocalExecutorSpec",
     "OWN_PLANS",
     "TargetSpec",
@@ -82,6 +94,24 @@ class BaselineSpec(BaseModel):
     recipe: str | None = None
 
 
+class FindBestSpec(BaseModel):
+    """``find_best:``: after a target's folds, nnU-Net's ``nnUNetv2_find_best_configuration`` on them (its
+    ``inference_information.json`` says how to predict). With ``ensembling`` (and more than one model) the folds are
+    trained with ``--npz`` so that nnU-Net can ensemble their validation probabilities."""
+
+    model_config = _FORBID
+
+    ensembling: bool = True
+    arms: Annotated[tuple[Literal["finetune", "baseline"], ...], Field(min_length=1)] = ("finetune",)
+
+    @field_validator("arms")
+    @classmethod
+    def _unique_arms(cls, arms: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"an arm is listed twice: {list(arms)}")
+        return arms
+
+
 class LocalExecutorSpec(BaseModel):
     """``executor: {kind: local}``: tasks one after the other; with ``gpus``, one fold per GPU at a time."""
 
@@ -116,6 +146,7 @@ class CampaignSpec(BaseModel):
     folds: Folds = (0, 1, 2, 3, 4)
     targets: Annotated[tuple[TargetSpec, ...], Field(min_length=1)]
     baseline: BaselineSpec | None = None
+    find_best: FindBestSpec | None = None
     executor: Executor = LocalExecutorSpec(kind="local")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workdir: str | None = None
@@ -151,6 +182,7 @@ class Campaign:
     check_recipe: str | None
     prepare_tasks: list[PrepareTask] = field(default_factory=list)
     train_tasks: list[TrainTask] = field(default_factory=list)
+    find_best_tasks: list[FindBestTask] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -158,17 +190,18 @@ class Campaign:
         return self.spec.name
 
     @property
-    def tasks(self) -> list[PrepareTask | TrainTask]:
-        """Every task in the order a local run takes them: each target's prepare, then its train tasks."""
-        out: list[PrepareTask | TrainTask] = []
+    def tasks(self) -> list[PrepareTask | TrainTask | FindBestTask]:
+        """Every task in the order a local run takes them: each target's prepare, its train tasks, its find-best."""
+        out: list[PrepareTask | TrainTask | FindBestTask] = []
         for p in self.prepare_tasks:
             out.append(p)
             out.extend(self.trains_of(p))
+            out.extend(f for f in self.find_best_tasks if f.prepare_id == p.id)
         return out
 
-    def task(self, task_id: str) -> PrepareTask | TrainTask:
+    def task(self, task_id: str) -> PrepareTask | TrainTask | FindBestTask:
         """The task of that id; CampaignError when the campaign has none."""
-        for t in (*self.prepare_tasks, *self.train_tasks):
+        for t in (*self.prepare_tasks, *self.train_tasks, *self.find_best_tasks):
             if t.id == task_id:
                 return t
         raise CampaignError(f"{self.path}: no task {task_id!r} in campaign {self.name}")
@@ -177,15 +210,19 @@ class Campaign:
         """The train tasks that need ``prepare`` (its target's folds, every configuration and arm)."""
         return [t for t in self.train_tasks if t.prepare_id == prepare.id]
 
-    def log_path(self, task: PrepareTask | TrainTask) -> Path:
+    def needs_npz(self, task: TrainTask) -> bool:
+        """True when a find-best step ensembles this fold's validation probabilities (``nnUNetv2_train --npz``)."""
+        return any(f.ensembling and task.id in f.train_ids for f in self.find_best_tasks)
+
+    def log_path(self, task: PrepareTask | TrainTask | FindBestTask) -> Path:
         """``<workdir>/logs/<task>.log``: the output of every command the task ran, appended."""
         return self.workdir / "logs" / f"{task.slug}.log"
 
-    def lock_path(self, task: PrepareTask | TrainTask) -> Path:
+    def lock_path(self, task: PrepareTask | TrainTask | FindBestTask) -> Path:
         """``<workdir>/locks/<task>.lock`` (see :mod:`nnunet_transfer.campaigns.locks`)."""
         return self.workdir / "locks" / f"{task.slug}.lock"
 
-    def failure_path(self, task: PrepareTask | TrainTask | str) -> Path:
+    def failure_path(self, task: PrepareTask | TrainTask | FindBestTask | str) -> Path:
         """``<workdir>/failures/<task>.json`` (a task or a task id): there while the task fails."""
         slug = task if isinstance(task, str) else task.slug
         return self.workdir / "failures" / f"{task_slug(slug)}.json"
@@ -399,7 +436,18 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
                                         "scratch; use nnUNetTrainer or a recipe with pretrained.required: false")
 
     prepares, trains = expand_tasks(targets, trainers, roots.results)
+    find_best: list[FindBestTask] = []
+    if spec.find_best is not None:
+        missing = [a for a in spec.find_best.arms if a not in trainers]
+        if missing:
+            raise check.fail("find_best.arms", f"{', '.join(missing)}: the campaign has no such arm (add a baseline, "
+                                               "or list only finetune)")
+        if spec.executor.kind != "local":
+            raise check.fail("find_best", "runs with the local executor only; run nnUNetv2_find_best_configuration "
+                                          "yourself after the SLURM jobs")
+        find_best = expand_find_best(prepares, trains, targets, spec.find_best.arms, spec.find_best.ensembling,
+                                     roots.results)
     return Campaign(path=path, spec=spec, workdir=workdir, pretrained=pretrained, targets=tuple(targets),
                     trainers=trainers, recipes=recipes,
                     check_recipe=None if check_recipe is None else str(check_recipe),
-                    prepare_tasks=prepares, train_tasks=trains)
+                    prepare_tasks=prepares, train_tasks=trains, find_best_tasks=find_best)

@@ -1,6 +1,7 @@
 """A campaign's tasks: per target and plans one :class:`PrepareTask`, per target x configuration x arm x fold one
-:class:`TrainTask`. Tasks are plain values (what to do, where nnU-Net keeps the result); what is already done is
-read from nnU-Net's files when needed (:mod:`nnunet_transfer.campaigns.state`), never stored in a task.
+:class:`TrainTask`, and with ``find_best`` per target one :class:`FindBestTask` after its folds. Tasks are plain
+values (what to do, where nnU-Net keeps the result); what is already done is read from nnU-Net's files when needed
+(:mod:`nnunet_transfer.campaigns.state`), never stored in a task.
 """
 
 from __future__ import annotations
@@ -10,7 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-__all__ = ["ARMS", "Arm", "PlansMode", "PrepareTask", "Target", "TrainTask", "expand_tasks", "task_slug"]
+__all__ = [
+    "ARMS",
+    "Arm",
+    "FindBestTask",
+    "PlansMode",
+    "PrepareTask",
+    "Target",
+    "TrainTask",
+    "expand_find_best",
+    "expand_tasks",
+    "task_slug",
+]
 
 Arm = Literal["finetune", "baseline"]
 PlansMode = Literal["own", "transfer"]
@@ -82,6 +94,52 @@ class TrainTask:
     @property
     def label(self) -> str:
         return f"{self.dataset} {self.configuration} {self.arm} fold {self.fold}"
+
+
+@dataclass(frozen=True)
+class FindBestTask:
+    """``nnUNetv2_find_best_configuration DATASET -c CONFS -tr TRAINERS -p PLANS -f FOLDS``: the best configuration or
+    ensemble of a target's trained folds (``ensembling`` False: ``--disable_ensembling``), once they are all done.
+    nnU-Net writes ``inference_information.json`` beside the model folders and, ensembling, ``ensembles/``."""
+
+    kind: ClassVar[str] = "find_best"
+
+    id: str  # Dataset902_TwoCh/nnUNetPlans/find_best
+    dataset: str
+    dataset_id: int
+    plans: str
+    configurations: tuple[str, ...]
+    folds: tuple[int, ...]
+    trainers: tuple[str, ...]
+    ensembling: bool
+    train_ids: tuple[str, ...]  # the folds it needs
+    prepare_id: str
+    result: Path  # $nnUNet_results/<dataset>/inference_information.json
+
+    @property
+    def slug(self) -> str:
+        return task_slug(self.id)
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.plans} find-best" + (" (ensembles)" if self.ensembling else "")
+
+
+def expand_find_best(prepares: Sequence[PrepareTask], trains: Sequence[TrainTask], targets: Sequence[Target],
+                     arms: Sequence[Arm], ensembling: bool, results_root: Path) -> list[FindBestTask]:
+    """One find-best task per target (after :func:`expand_tasks`), over the trainers of ``arms`` (the arms the
+    campaign has), needing every fold of those arms."""
+    out = []
+    for prepare, t in zip(prepares, targets, strict=True):
+        mine = [x for x in trains if x.prepare_id == prepare.id and x.arm in arms]
+        trainers = tuple(dict.fromkeys(x.trainer for x in mine))
+        out.append(FindBestTask(
+            id=f"{t.dataset}/{t.plans}/find_best", dataset=t.dataset, dataset_id=t.dataset_id, plans=t.plans,
+            configurations=t.configurations, folds=t.folds, trainers=trainers,
+            ensembling=ensembling and len(t.configurations) * len(trainers) > 1,
+            train_ids=tuple(x.id for x in mine), prepare_id=prepare.id,
+            result=results_root / t.dataset / "inference_information.json"))
+    return out
 
 
 def expand_tasks(targets: Sequence[Target], trainers: dict[Arm, str],

@@ -1,4 +1,5 @@
-"""``nnunet-transfer doctor``: does the stock nnU-Net find our trainers here, and if not, why not."""
+"""``nnunet-transfer doctor``: does the stock nnU-Net find our trainers here, and if not, why not; does the installed
+nnU-Net ensemble region-based (sigmoid) predictions correctly (see :mod:`nnunet_transfer.nnunet.ensembling`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import shutil
 import site
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["register", "run", "run_doctor"]
+__all__ = ["check_ensembling", "register", "run", "run_doctor"]
 
 PTH_NAME = "nnunet_transfer_autoregister.pth"
 TRAINER = "nnUNetTrainerAdaptiveFT"
@@ -91,14 +94,34 @@ def run_doctor() -> int:
         results.append(_check(sees, "nnUNetv2_train's interpreter",
                               f"{probe[0]} {'sees' if sees else 'does NOT see'} our trainer folder"
                               + ("" if sees else ": install nnunet-transfer into that environment")))
-    ok = all(results)
-    print("registration works: `nnUNetv2_train ... -tr nnUNetTrainerAdaptiveFT` will find the trainer" if ok
-          else "registration problem: see the FAIL lines above")
-    return 0 if ok else 1
+    registered = all(results)
+    ensembling = check_ensembling()
+    if registered and ensembling:
+        print("registration works: `nnUNetv2_train ... -tr nnUNetTrainerAdaptiveFT` will find the trainer")
+    elif registered:
+        print("registration works, but this nnU-Net ensembles region-based models wrongly: see the FAIL line above")
+    else:
+        print("registration problem: see the FAIL lines above")
+    return 0 if registered and ensembling else 1
+
+
+def check_ensembling(merge: Callable[..., Any] | None = None) -> bool:
+    """One line: the installed nnU-Net's region-based inference non-linearity and ``nnUNetv2_ensemble`` path on a
+    tiny synthetic case (probabilities in, the expected segmentation out); a known failure is named."""
+    label = "region-based ensembling"
+    try:
+        from nnunet_transfer.nnunet.ensembling import check_region_ensembling
+
+        problems = check_region_ensembling(merge)
+    except Exception as e:
+        return _check(False, label, f"cannot be checked: {type(e).__name__}: {e}")
+    detail = "; ".join(problems) if problems else "sigmoid once, averaged probabilities thresholded per region"
+    return _check(not problems, label, detail)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check that the stock nnUNetv2_* commands find our trainers, and why not")
+    p = sub.add_parser("doctor", help="check that the stock nnUNetv2_* commands find our trainers (and why not), and "
+                                       "that nnU-Net ensembles region-based models correctly")
     p.set_defaults(func=run)
 
 

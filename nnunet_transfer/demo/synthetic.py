@@ -12,7 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_dataset"]
+__all__ = ["NESTED_LABELS", "NESTED_REGIONS", "make_dataset", "make_nested_dataset"]
+
+# three nested structures painted 1 (outer shell), 2 (middle shell), 3 (inner core); as labels or as regions
+NESTED_LABELS: dict[str, int] = {"background": 0, "outer": 1, "middle": 2, "inner": 3}
+NESTED_REGIONS: dict[str, int | list[int]] = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "inner": 3}
 
 
 def _case(
@@ -103,5 +107,66 @@ def make_dataset(
     }
     if regions_class_order is not None:
         dataset_json["regions_class_order"] = list(regions_class_order)
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder
+
+
+def _write_case(folder: Path, case: str, images: Sequence[np.ndarray], seg: np.ndarray,
+                spacing: tuple[float, float, float]) -> None:
+    import SimpleITK as sitk
+
+    sitk_spacing = tuple(float(s) for s in spacing[::-1])
+    for c, img in enumerate(images):
+        itk = sitk.GetImageFromArray(img)
+        itk.SetSpacing(sitk_spacing)
+        sitk.WriteImage(itk, str(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz"))
+    itk = sitk.GetImageFromArray(seg)
+    itk.SetSpacing(sitk_spacing)
+    sitk.WriteImage(itk, str(folder / "labelsTr" / f"{case}.nii.gz"))
+
+
+def make_nested_dataset(
+    raw_root: str | Path,
+    dataset_id: int,
+    name: str,
+    *,
+    labels: Mapping[str, int | Sequence[int]] | None = None,
+    regions_class_order: Sequence[int] | None = None,
+    num_cases: int = 6,
+    shape: tuple[int, int, int] = (32, 32, 32),
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    seed: int = 0,
+) -> Path:
+    """Write ``Dataset{id:03d}_{name}``: three nested ellipsoids, label values 1 (outer shell), 2 (middle shell) and
+    3 (inner core), each brighter than the one around it, so a few iterations learn them.
+
+    ``labels`` defaults to :data:`NESTED_REGIONS` (region-based: whole = {1, 2, 3}, core = {2, 3}, inner = {3}) with
+    ``regions_class_order`` [1, 2, 3]; pass :data:`NESTED_LABELS` (and no order) for the label-based dataset of the
+    same structures. A region map without an order paints each foreground region's smallest value, in map order.
+    """
+    labels = dict(labels if labels is not None else NESTED_REGIONS)
+    regions = any(isinstance(v, list | tuple) and len(v) > 1 for v in labels.values())
+    if regions and regions_class_order is None:
+        regions_class_order = [min(v) if isinstance(v, list | tuple) else int(v) for k, v in labels.items()
+                               if k != "background" and v != 0]
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.arange(s) * sp for s, sp in zip(shape, spacing, strict=True)], indexing="ij")
+    extent = np.array(shape) * np.array(spacing)
+    for i in range(num_cases):
+        centre = extent / 2 + rng.uniform(-0.08, 0.08, 3) * extent
+        radii = extent * rng.uniform(0.3, 0.38, 3)
+        dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
+        seg = np.zeros(shape, dtype=np.uint8)
+        for value, scale in ((1, 1.0), (2, 0.65), (3, 0.35)):
+            seg[dist <= scale**2] = value
+        img = seg.astype(np.float32) + rng.normal(0, 0.25, shape).astype(np.float32)
+        _write_case(folder, f"{name.lower()}_{i:03d}", [img * 100], seg, spacing)
+    dataset_json: dict = {"channel_names": {"0": "MR"}, "labels": labels, "numTraining": num_cases,
+                          "file_ending": ".nii.gz", "name": name}
+    if regions_class_order is not None:
+        dataset_json["regions_class_order"] = [int(v) for v in regions_class_order]
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder

@@ -1,5 +1,6 @@
 """Verified TorchScript / ONNX export of a trained nnU-Net model's network (one fold), with the JSON that inference
-needs beside it. See :mod:`nnunet_transfer.export.exporter`."""
+needs beside it (see :mod:`nnunet_transfer.export.exporter`), and sharing a fine-tuned model folder as a plain nnU-Net
+model (see :mod:`nnunet_transfer.export.share`)."""
 
 from nnunet_transfer.export.errors import ExportError, ExportRefusedError, MissingExtraError
 from nnunet_transfer.export.exporter import FORMATS, ExportResult, export_model, export_network, metadata_path
@@ -11,6 +12,7 @@ from nnunet_transfer.export.model_folder import (
     read_fold_checkpoint,
     read_model_folder,
 )
+from nnunet_transfer.export.share import SharedModel, ShareResult, share_models
 from nnunet_transfer.export.verify import DEFAULT_RTOL, TOLERANCE_RULE, OutputCheck, WeightCheck, compare_weights
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "MissingExtraError",
     "ModelFolder",
     "OutputCheck",
+    "ShareResult",
+    "SharedModel",
     "WeightCheck",
     "build_fold_network",
     "compare_weights",
@@ -33,4 +37,5 @@ __all__ = [
     "metadata_path",
     "read_fold_checkpoint",
     "read_model_folder",
+    "share_models",
 ]

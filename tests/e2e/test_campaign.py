@@ -235,3 +235,30 @@ def test_a_broken_target_fails_alone_and_is_recorded(setup):
     assert states == {f"{BROKEN}/nnUNetPlans/prepare": "failed", f"{BROKEN}/3d_fullres/finetune/fold_0": "blocked",
                       f"{THREE}/nnUNetPlans/prepare": "done", f"{THREE}/3d_fullres/finetune/fold_0": "done"}
     assert str(log) in status.stdout
+
+
+def test_find_best_step_ends_each_target(setup):
+    """``find_best``: once a target's folds are done (here by the run above), nnUNetv2_find_best_configuration picks
+    the best of its models; trainings are not touched, a second run finds the step done."""
+    data = yaml.safe_load(setup.main.read_text())
+    data["find_best"] = {"ensembling": False, "arms": ["finetune", "baseline"]}  # folds trained without --npz
+    path = setup.root / "main_best.yaml"
+    path.write_text(yaml.safe_dump(data))
+    before = finished_folds(setup.root)
+    run = cli("campaign", "run", path, env=setup.env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for target in (ONE, TWO):
+        assert re.search(rf"^\[\d+/12\] {target} nnUNetPlans find-best: done in \d+:\d\d \(best configuration in "
+                         rf".+/{target}/inference_information\.json\)", run.stdout, re.M), run.stdout
+        info = json.loads((setup.root / "results" / target / "inference_information.json").read_text())
+        assert {m["trainer"] for m in info["considered_models"]} == {FT, TINY} and not info["ensembling_allowed"]
+        assert info["folds"] == [0, 1]
+        log = setup.workdir / "logs" / f"{target}.nnUNetPlans.find_best.log"
+        assert f"nnUNetv2_find_best_configuration {int(target[7:10])} -c 3d_fullres -tr {FT} {TINY}" in \
+            log.read_text()
+    assert run.stdout.strip().splitlines()[-1].endswith(": 12 done (10 already)")
+    assert finished_folds(setup.root) == before  # no fold trained again
+    status = cli("campaign", "status", path, env=setup.env)
+    assert status.stdout.splitlines()[-1] == "12 tasks: 12 done"
+    again = cli("campaign", "run", path, env=setup.env)
+    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].endswith(": 12 done (12 already)")

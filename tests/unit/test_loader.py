@@ -114,9 +114,10 @@ def test_heads_without_shared_labels_keep_fresh_init(tmp_path, unet_factory):
     # softmax channel 0 is background whatever its name; x and y are new
     assert all(r.status == "adapted" for r in report.tensors if r.is_head)
     assert torch.equal(net.state_dict()["decoder.seg_layers.0.weight"][1:], fresh[1:])
-    report = load_pretrained(unet_factory(seed=3, num_classes=2), _save(src, tmp_path / "c.pth"),
+    report = load_pretrained(unet_factory(seed=3, num_classes=1), _save(src, tmp_path / "c.pth"),
                              {"background": (0,), "whole": (1, 2)}, min_coverage=0.0)
-    assert all(r.status == "skipped" and "regions" in r.reason for r in report.tensors if r.is_head)
+    assert all(r.status == "skipped" and r.code == "head_kind_differs" and "regions" in r.reason
+               for r in report.tensors if r.is_head)
 
 
 def test_heads_without_target_labels(tmp_path, unet_factory):

@@ -84,7 +84,7 @@ def test_skip_and_head_codes(tmp_path, case, expected):
     if case == "no target labels":
         labels = None
     elif case == "regions":
-        labels = {"background": 0, "organ": (1, 2), "lesion": 2}
+        labels = {"background": 0, "organ": (1, 2), "lesion": (2, 3), "vessel": 3}  # no region = a source label
     elif case == "map_heads off":
         options = {"map_heads": False}
     elif case == "input channels off":

@@ -27,7 +27,7 @@ from nnunet_transfer.core.loading.adapt import (
     resample_positional_embedding,
 )
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
-from nnunet_transfer.core.loading.heads import HeadChannels, head_channels
+from nnunet_transfer.core.loading.heads import HeadChannels, head_channels, match_channels
 from nnunet_transfer.core.loading.keys import normalize_keys
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, ReasonCode, TensorRecord
@@ -100,21 +100,15 @@ def _map_heads(
         missing = "checkpoint" if src_ch is None else "target"
         return ("skipped", ReasonCode.HEAD_LABELS_UNKNOWN,
                 f"head: label names of the {missing} unknown; fresh init (pass labels to map)", None, [])
-    if src_ch.regions != tgt_ch.regions:
-        kinds = {True: "regions (sigmoid)", False: "labels (softmax)"}
-        why = f"head: source uses {kinds[src_ch.regions]}, target {kinds[tgt_ch.regions]}; fresh init"
-        return "skipped", ReasonCode.HEAD_KIND_DIFFERS, why, None, []
     if len(src_ch.names) != src.shape[0] or len(tgt_ch.names) != tgt.shape[0]:
         return ("skipped", ReasonCode.HEAD_LABEL_COUNT,
                 "head: label count does not match the head's output channels; fresh init", None, [])
-    lookup = {n.strip().lower(): i for i, n in enumerate(src_ch.names)}
-    mapping = []
-    for j, name in enumerate(tgt_ch.names):
-        i = lookup.get(name.strip().lower())
-        if i is None and j == 0 and not tgt_ch.regions:
-            i = 0  # softmax channel 0 is background whatever it is called
-        mapping.append(LabelMatch(j, name, i, None if i is None else src_ch.names[i]))
+    mapping = match_channels(src_ch, tgt_ch)
     copied = [m for m in mapping if m.source_index is not None]
+    if not copied and src_ch.regions != tgt_ch.regions:
+        why = (f"head: source uses {src_ch.kind()}, target {tgt_ch.kind()}, no region with the same name and label "
+               "set; fresh init")
+        return "skipped", ReasonCode.HEAD_KIND_DIFFERS, why, None, mapping
     if not copied:
         return "skipped", ReasonCode.HEAD_NO_SHARED_LABELS, "head: no shared label names; fresh init", None, mapping
     identical = all(m.source_index == m.target_index for m in mapping)
@@ -124,7 +118,10 @@ def _map_heads(
     for m in copied:
         value[m.target_index] = src[m.source_index]
     names = ", ".join(f"{m.target_name}<-{m.source_name}" for m in copied)
-    why = f"head: copied {len(copied)} of {len(mapping)} channels by label name ({names})"
+    by = "label name" if not (src_ch.regions or tgt_ch.regions) else "name and label set"
+    fresh = [m.target_name for m in mapping if m.source_index is None]
+    why = (f"head: copied {len(copied)} of {len(mapping)} channels by {by} ({names})"
+           + (f"; fresh: {', '.join(fresh)}" if fresh and by != "label name" else ""))
     return "adapted", ReasonCode.HEAD_MAPPED, why, value, mapping
 
 

@@ -11,11 +11,12 @@ kernel                     adapted   convolution kernel resized (sum along each 
 transposed_kernel          adapted   transposed-convolution kernel resized (taps averaged / repeated)
 head_same_labels           loaded    segmentation head, same labels in the same order
 head_same_shape            loaded    segmentation head, same shape, no label names on either side to compare
-head_mapped                adapted   segmentation head, output channels copied by label name
+head_mapped                adapted   segmentation head, output channels copied by label name (regions: name and
+                                     label set)
 head_off                   skipped   segmentation head, ``map_heads`` is off
 head_no_shared_labels      skipped   segmentation head, no label name in common
 head_labels_unknown        skipped   segmentation head, the labels of the checkpoint or of the target unknown
-head_kind_differs          skipped   segmentation head, labels (softmax) on one side, regions (sigmoid) on the other
+head_kind_differs          skipped   segmentation head, labels on one side, regions on the other, no channel in common
 head_shape_differs         skipped   segmentation head, its input (non-output) dimensions differ
 head_label_count           skipped   segmentation head, label count differs from the head's output channels
 width_mismatch             skipped   channel widths differ (not adaptable)
@@ -153,6 +154,7 @@ class LabelMatch:
     target_name: str
     source_index: int | None
     source_name: str | None
+    note: str | None = None  # why a channel stays fresh (or what matched), e.g. a region with another label set
 
 
 @dataclass
@@ -264,7 +266,8 @@ class LoadReport:
         if self.label_mapping:
             pairs = ", ".join(
                 f"{m.target_index}:{m.target_name}<-"
-                + ("new" if m.source_index is None else f"{m.source_index}:{m.source_name}")
+                + ("new" + (f" ({m.note})" if m.note else "") if m.source_index is None
+                   else f"{m.source_index}:{m.source_name}")
                 for m in self.label_mapping
             )
             lines.append(f"label mapping (target<-source): {pairs}")
