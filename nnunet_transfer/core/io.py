@@ -4,6 +4,7 @@ documents that must be mappings (recipes, campaign files)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["atomic_path", "parse_yaml_mapping", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "parse_yaml_mapping", "sha256_file", "write_json_atomic", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -56,3 +57,12 @@ def parse_yaml_mapping(text: str, where: str, what: str, error: type[Exception])
     if not isinstance(data, dict):
         raise error(f"{where}: {what} must be a YAML mapping, found {type(data).__name__}")
     return data
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -78,7 +78,6 @@ def make_dataset(
     inner blob, so that a name means the same structure in every dataset made here. Region-based label maps are
     supported together with ``regions_class_order`` (its first two values are painted).
     """
-    import SimpleITK as sitk
 
     channel_names = dict(channel_names or {"0": "MR"})
     labels = dict(labels or {"background": 0, "organ": 1, "lesion": 2})
@@ -87,17 +86,9 @@ def make_dataset(
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sitk_spacing = tuple(float(s) for s in spacing[::-1])
     for i in range(num_cases):
         images, seg = _case(rng, shape, spacing, len(channel_names), painted[:2])
-        case = f"{name.lower()}_{i:03d}"
-        for c, img in enumerate(images):
-            itk = sitk.GetImageFromArray(img)
-            itk.SetSpacing(sitk_spacing)
-            sitk.WriteImage(itk, str(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz"))
-        itk = sitk.GetImageFromArray(seg)
-        itk.SetSpacing(sitk_spacing)
-        sitk.WriteImage(itk, str(folder / "labelsTr" / f"{case}.nii.gz"))
+        _write_case(folder, f"{name.lower()}_{i:03d}", images, seg, spacing)
     dataset_json: dict = {
         "channel_names": channel_names,
         "labels": labels,

@@ -9,7 +9,6 @@ is compared with the checkpoint's after loading: a network that does not hold ex
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnunet_transfer.core.io import sha256_file
 from nnunet_transfer.core.loading.keys import strip_wrappers
 from nnunet_transfer.core.modules import unwrap_network
 from nnunet_transfer.errors import NonFiniteWeightsError
@@ -132,14 +132,6 @@ class FoldCheckpoint:
     mirroring_axes: list[int] | None  # ``inference_allowed_mirroring_axes`` (None: not stored)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_fold_checkpoint(folder: ModelFolder, fold: int | str,
                          checkpoint_name: str = DEFAULT_CHECKPOINT) -> FoldCheckpoint:
     """Read ``fold_F/CHECKPOINT`` safely (``weights_only``) and check it is that fold's and configuration's.
@@ -173,7 +165,7 @@ def read_fold_checkpoint(folder: ModelFolder, fold: int | str,
     epoch = ckpt.metadata.get("current_epoch")
     axes = ckpt.metadata.get("inference_allowed_mirroring_axes")
     return FoldCheckpoint(
-        path=path, fold=fold, sha256=_sha256(path), state_dict=state,
+        path=path, fold=fold, sha256=sha256_file(path), state_dict=state,
         wrapper_keys=sum(strip_wrappers(k) != k for k in ckpt.state_dict),
         trainer_name=ckpt.trainer_name or folder.trainer, configuration=ckpt.configuration,
         epoch=int(epoch) if isinstance(epoch, int) else None,

@@ -28,7 +28,6 @@ relative to ``nnUNet_results``, validation predictions left out as it leaves the
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import json
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_transfer.core.io import sha256_file
+from nnunet_transfer.errors import TransferError
 from nnunet_transfer.export.errors import ExportError, ExportRefusedError
 from nnunet_transfer.export.model_folder import ModelFolder, read_model_folder
 
@@ -86,14 +87,6 @@ class ShareResult:
         return "\n".join(lines)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def stock_trainer_for(trainer: str | type) -> type:
     """The nnU-Net trainer (shipped by nnunetv2) whose ``build_network_architecture`` ``trainer`` uses: itself when
     nnU-Net ships it, else its nearest such ancestor. ExportError (exit 2) when the trainer builds its own
@@ -107,6 +100,11 @@ def stock_trainer_for(trainer: str | type) -> type:
             continue
         if inspect.getattr_static(base, "build_network_architecture", None) is build:
             return base
+    declared = getattr(cls, "stock_network_trainer", None)  # ours: builds nnU-Net's network (checked per fold)
+    if isinstance(declared, str) and declared:
+        stock = find_trainer_class(declared)
+        if stock.__module__.startswith("nnunetv2."):
+            return stock
     owner = next((b for b in cls.__mro__ if "build_network_architecture" in vars(b)), cls)
     raise ExportError(
         f"trainer {cls.__name__}: builds its own network ({owner.__module__}.{owner.__qualname__}."
@@ -168,8 +166,14 @@ def _check_network(folder: ModelFolder, plans: dict[str, Any], stock: type, weig
     from nnunet_transfer.export.model_folder import disable_deep_supervision
     from nnunet_transfer.nnunet.networks import build_network
 
-    with torch.device("meta"):
-        network = build_network(plans, folder.configuration, folder.dataset_json, trainer=stock)
+    try:
+        with torch.device("meta"):
+            network = build_network(plans, folder.configuration, folder.dataset_json, trainer=stock)
+    except TransferError as e:
+        arch = (plans.get("configurations", {}).get(folder.configuration, {}).get("architecture") or {}).get(
+            "network_class_name", "?")
+        raise ExportError(f"{where}: {stock.__name__} cannot build this model's network ({arch}) from "
+                          f"{folder.path / 'plans.json'}: {e}; plain nnU-Net could not load it, not shared") from None
     disable_deep_supervision(network)
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in weights.items()}
@@ -309,7 +313,8 @@ def _write_tree(plan: _Plan, root: Path, for_zip: bool) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         if rel in plan.checkpoints:
             torch.save(plan.checkpoints[rel], out)
-            plan.model.checkpoints[rel.as_posix()] = {"source_sha256": _sha256(src), "shared_sha256": _sha256(out)}
+            plan.model.checkpoints[rel.as_posix()] = {"source_sha256": sha256_file(src),
+                                                      "shared_sha256": sha256_file(out)}
         elif rel == Path("plans.json"):
             out.write_text(json.dumps(plan.plans, indent=4))
         else:

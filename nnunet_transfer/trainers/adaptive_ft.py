@@ -78,6 +78,10 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
 
     #: shipped recipe name or YAML path; the environment variable NNUNET_TRANSFER_RECIPE overrides it
     recipe: ClassVar[str] = "default"
+    #: the nnU-Net trainer whose ``build_network_architecture`` builds the same network from the same plans (ours
+    #: differs only for network classes without deep supervision, which nnU-Net's cannot build): what
+    #: ``nnunet-transfer share`` names in a shared model's checkpoints
+    stock_network_trainer: ClassVar[str] = "nnUNetTrainer"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

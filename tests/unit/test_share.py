@@ -21,9 +21,9 @@ OURS = "nnUNetTrainerAdaptiveFT"
 RECIPE = {"name": "tiny", "num_epochs": 2}
 
 
-def _model_folder(root, trainer=OURS, folds=("0", "1"), dataset="Dataset990_Unit"):
+def _model_folder(root, trainer=OURS, folds=("0", "1"), dataset="Dataset990_Unit", plans=None):
     """A results model folder as our trainer leaves it: recipe in plans.json and init_args, reports beside."""
-    plans = {**make_plans(dataset), "nnunet_transfer_recipe": RECIPE}
+    plans = {**(plans or make_plans(dataset)), "nnunet_transfer_recipe": RECIPE}
     dj = make_dataset_json()
     folder = root / dataset / f"{trainer}__nnUNetPlans__3d_fullres"
     folder.mkdir(parents=True)
@@ -34,7 +34,7 @@ def _model_folder(root, trainer=OURS, folds=("0", "1"), dataset="Dataset990_Unit
         fold = folder / f"fold_{f}"
         (fold / "validation").mkdir(parents=True)
         torch.manual_seed(int(f) if f.isdigit() else 9)
-        net = build_network(plans, "3d_fullres", dj)
+        net = build_network(plans, "3d_fullres", dj, trainer=trainer)
         torch.save({"network_weights": net.state_dict(), "optimizer_state": {"state": {}, "param_groups": []},
                     "current_epoch": 2, "trainer_name": trainer, "inference_allowed_mirroring_axes": (0, 1, 2),
                     "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": int(f), "dataset_json": dj,
@@ -157,6 +157,19 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch
     assert code == 2 and err.count("\n") == 1
     assert "trainer nnUNetTrainer_ShareTestOwnNet: builds its own network" in err and "not nnU-Net's" in err
     assert not out.exists() and not list(tmp_path.glob(".nnunet_transfer_share_*"))
+    # ours fine-tuned a Primus (nnssl): nnU-Net's nnUNetTrainer cannot build it from the plans, and nnU-Net's Primus
+    # trainers hard-code their network
+    from nnssl_data import PRIMUS_KEYS, adaptation_plan, primus_kwargs
+
+    from nnunet_transfer.core.nnssl import AdaptationPlan, nnunet_plans
+
+    primus_plans = nnunet_plans(AdaptationPlan.model_validate(adaptation_plan("Primus", PRIMUS_KEYS, primus_kwargs())),
+                                dataset_name="Dataset990_Unit")
+    primus = _model_folder(tmp_path / "results3", folds=("0",), plans=primus_plans)
+    code, err = _run(capsys, primus, "-o", out)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "nnUNetTrainer cannot build this model's network (dynamic_network_architectures" in err and "Primus" in err
+    assert "not shared" in err and not out.exists()
     # an existing copy is never replaced without --overwrite
     assert _run(capsys, folder, "-o", out)[0] == 0
     shared = out / "Dataset990_Unit" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
