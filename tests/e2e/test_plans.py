@@ -83,11 +83,16 @@ def test_two_channel_target_adapts_only_the_first_convolution(plans_ws):
 
 
 def test_region_based_target(plans_ws):
+    """A label-based source, a region-based target: the region of the same name and label set ("lesion", the label
+    2 in both) takes the source's channel; "whole" ({1, 2}) has no source channel of that name and stays fresh."""
     _plans(plans_ws, "--from", plans_ws.checkpoint, "-t", REGIONS, "-tp", "FT")
     _finetune(plans_ws, REGIONS, "FT")
     report = _report(plans_ws, "Dataset913_RegionsT", "FT")
+    assert [(m["target_index"], m["target_name"], m["source_index"], m["source_name"])
+            for m in report["label_mapping"]] == [(0, "whole", None, None), (1, "lesion", 2, "lesion")]
     heads = [t for t in report["tensors"] if t["is_head"]]
-    assert heads and all(t["status"] == "skipped" and "regions" in t["reason"] for t in heads)
+    assert heads and {t["code"] for t in heads} == {"head_mapped"}
+    assert "fresh: whole" in heads[0]["reason"], heads[0]["reason"]
     assert all(t["status"] == "loaded" for t in report["tensors"] if not t["is_head"])
 
 
