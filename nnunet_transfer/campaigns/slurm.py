@@ -395,7 +395,9 @@ class _SlurmRun:
             else:  # every fold left is queued from an earlier run, after a prepare job that ended
                 self.finished += 1
                 self.echo(f"[{prep_number}/{self.total}] {prepare.label}: done (its folds are queued)")
-            jobs = self._submit_many(f"{name}:train", fresh, prep.job.job_id if prep else None) if fresh else []
+            # afterok: a bare job id would mean afterany to SLURM, and the folds could start after a failed prepare
+            after = f"afterok:{prep.job.job_id}" if prep else None
+            jobs = self._submit_many(f"{name}:train", fresh, after) if fresh else []
             new = {t.id: j for t, j in zip(fresh, jobs, strict=True)}
             for n, t in todo:
                 w = self._watch(n, t, queued.get(t.id) or new[t.id], queued)
