@@ -49,6 +49,7 @@ __all__ = [
     "find_best_done",
     "read_failure",
     "resolve_device",
+    "run_summary",
     "train_command",
 ]
 
@@ -77,6 +78,27 @@ class Outcome:
             "failed": f"failed after {took}: {self.message} (log: {self.log})",
             "preempted": f"preempted after {took}: {self.message}",
         }[self.status]
+
+
+def run_summary(campaign: Campaign, counts: Mapping[str, int], total: int, elapsed: float, echo: Callable[[str], None],
+                *, already: int = 0, not_run: int = 0, where: str = "", left_why: str = "stopped") -> int:
+    """The end of a campaign run, for every executor: one summary line (``counts``: outcomes by status; ``already``:
+    tasks done before this run that it did not execute; ``not_run``: tasks it never started), what to do next, and
+    the exit status (0 all done, 1 something failed or is blocked, 75 tasks left to run again)."""
+    skipped = already + counts.get("skipped", 0)
+    parts = [f"{counts.get('done', 0) + skipped} done" + (f" ({skipped} already)" if skipped else "")]
+    parts += [f"{counts[s]} {s}" for s in ("failed", "blocked", "busy", "preempted") if counts.get(s)]
+    if not_run:
+        parts.append(f"{not_run} not started")
+    echo(f"campaign {campaign.name}: {total} tasks in {format_elapsed(elapsed)}{where}: " + ", ".join(parts))
+    if counts.get("failed") or counts.get("blocked"):
+        echo(f"failure records: {campaign.workdir / 'failures'} (see `nnunet-transfer campaign status "
+             f"{campaign.path}`); run again to retry")
+        return 1
+    if counts.get("busy") or counts.get("preempted") or not_run:
+        echo(f"not finished: tasks left to another run or {left_why}; run again to continue")
+        return PREEMPTED_EXIT_CODE
+    return 0
 
 
 @functools.cache

@@ -16,11 +16,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from nnunet_transfer.campaigns.execute import Outcome, TaskExecution, TaskView, describe_task, resolve_device
+from nnunet_transfer.campaigns.execute import (
+    Outcome,
+    TaskExecution,
+    TaskView,
+    describe_task,
+    resolve_device,
+    run_summary,
+)
 from nnunet_transfer.campaigns.spec import Campaign
 from nnunet_transfer.campaigns.state import train_done
 from nnunet_transfer.campaigns.tasks import FindBestTask, PrepareTask, TrainTask
-from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
 from nnunet_transfer.demo.progress import format_elapsed
 
 __all__ = ["campaign_status", "format_status", "run_campaign"]
@@ -212,19 +218,5 @@ class _LocalRunner:
 
     def _summary(self, elapsed: float) -> int:
         counts = Counter(o.status for o in self.results.values())
-        not_run = len(self.tasks) - len(self.results)
-        parts = [f"{counts['done'] + counts['skipped']} done" + (f" ({counts['skipped']} already)"
-                                                                 if counts["skipped"] else "")]
-        parts += [f"{counts[s]} {s}" for s in ("failed", "blocked", "busy", "preempted") if counts[s]]
-        if not_run:
-            parts.append(f"{not_run} not started")
-        self.echo(f"campaign {self.campaign.name}: {len(self.tasks)} tasks in {format_elapsed(elapsed)}: "
-                  + ", ".join(parts))
-        if counts["failed"] or counts["blocked"]:
-            self.echo(f"failure records: {self.campaign.workdir / 'failures'} (see `nnunet-transfer campaign status "
-                      f"{self.campaign.path}`); run again to retry")
-            return 1
-        if counts["busy"] or counts["preempted"] or not_run:
-            self.echo("not finished: tasks left to another run or stopped; run again to continue")
-            return PREEMPTED_EXIT_CODE
-        return 0
+        return run_summary(self.campaign, counts, len(self.tasks), elapsed, self.echo,
+                           not_run=len(self.tasks) - len(self.results))

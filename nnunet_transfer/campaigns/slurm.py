@@ -575,24 +575,12 @@ class _SlurmRun:
     def summary(self, elapsed: float) -> int:
         from collections import Counter
 
-        from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
-        from nnunet_transfer.demo.progress import format_elapsed
+        from nnunet_transfer.campaigns.execute import run_summary
 
         counts = Counter(w.outcome.status for w in self.watched if w.outcome is not None)
-        already = self.total - len(self.watched)
-        done = counts["done"] + counts["skipped"] + already
-        parts = [f"{done} done" + (f" ({already + counts['skipped']} already)" if already + counts["skipped"] else "")]
-        parts += [f"{counts[s]} {s}" for s in ("failed", "blocked", "busy", "preempted") if counts[s]]
-        self.echo(f"campaign {self.campaign.name}: {self.total} tasks in {format_elapsed(elapsed)} on SLURM: "
-                  + ", ".join(parts))
-        if counts["failed"] or counts["blocked"]:
-            self.echo(f"failure records: {self.campaign.workdir / 'failures'} (see `nnunet-transfer campaign status "
-                      f"{self.campaign.path}`); run again to retry")
-            return 1
-        if counts["busy"] or counts["preempted"]:
-            self.echo("not finished: tasks left to another run or stopped without a requeue; run again to continue")
-            return PREEMPTED_EXIT_CODE
-        return 0
+        return run_summary(self.campaign, counts, self.total, elapsed, self.echo,
+                           already=self.total - len(self.watched), where=" on SLURM",
+                           left_why="stopped without a requeue")
 
     def detach(self) -> int:
         from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
