@@ -45,17 +45,22 @@ def _stock_folder() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "training" / "nnUNetTrainer"
 
 
-def _defines(folder: Path, name: str) -> bool:
-    """Whether a module under ``folder`` (as nnU-Net walks it) defines a top-level class ``name``."""
-    pattern = re.compile(rf"^class\s+{re.escape(name)}\s*[(:]", re.MULTILINE)
+def _scan(folder: Path, name: str) -> tuple[bool, bool]:
+    """One pass over the modules under ``folder`` (as nnU-Net walks it): whether one defines a top-level class
+    ``name``, and whether one imports our class ``name`` (by name or ``*``, as our shim does: nnU-Net then finds our
+    class in that module)."""
+    defines = re.compile(rf"^class\s+{re.escape(name)}\s*[(:]", re.MULTILINE)
+    imports = re.compile(rf"^from\s+nnunet_transfer\.trainers(?:\.\w+)*\s+import\s[^\n]*(?:\*|\b{re.escape(name)}\b)",
+                         re.MULTILINE)
+    found_class = found_import = False
     for path in sorted(folder.rglob("*.py")):
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        if name in text and pattern.search(text):
-            return True
-    return False
+        found_class = found_class or (name in text and defines.search(text) is not None)
+        found_import = found_import or imports.search(text) is not None
+    return found_class, found_import
 
 
 def locate_trainer(name: str) -> TrainerInfo | None:
@@ -67,7 +72,7 @@ def locate_trainer(name: str) -> TrainerInfo | None:
     stock = _stock_folder()
     if stock is None or not stock.is_dir():
         return None
-    if _defines(stock, name):
+    if _scan(stock, name)[0]:
         return TrainerInfo(name, reads_recipes=False)
     if name not in OUR_TRAINERS:
         return None
@@ -77,22 +82,9 @@ def locate_trainer(name: str) -> TrainerInfo | None:
             continue
         if os.path.normpath(folder) == ours:
             return TrainerInfo(name, reads_recipes=True, recipe=OUR_TRAINERS[name])
-        if _defines(Path(folder), name):
+        defines, imports_ours = _scan(Path(folder), name)
+        if defines:
             return None  # a user's class of that name comes first
-        if _imports_ours(Path(folder), name):  # e.g. another copy of our shim folder: nnU-Net finds our class there
+        if imports_ours:  # e.g. another copy of our shim folder: nnU-Net finds our class there
             return TrainerInfo(name, reads_recipes=True, recipe=OUR_TRAINERS[name])
     return None  # our folder is not on nnUNet_extTrainer (NNUNET_TRANSFER_NO_AUTOREGISTER): nnU-Net would not find it
-
-
-def _imports_ours(folder: Path, name: str) -> bool:
-    """Whether a module under ``folder`` imports our class ``name`` (by name or ``*``, as our shim does): nnU-Net
-    then finds our class in that module."""
-    pattern = re.compile(rf"^from\s+nnunet_transfer\.trainers(?:\.\w+)*\s+import\s[^\n]*(?:\*|\b{re.escape(name)}\b)",
-                         re.MULTILINE)
-    for path in folder.rglob("*.py"):
-        try:
-            if pattern.search(path.read_text(encoding="utf-8", errors="replace")):
-                return True
-        except OSError:
-            continue
-    return False
