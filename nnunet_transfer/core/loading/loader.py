@@ -212,7 +212,8 @@ def plan_load(
     notes = []
     user_dropped = mapping.dropped
     if nnssl_map is not None:  # its drops are the pretraining decoder and head, said in its own note
-        user_dropped = mapping.dropped = [k for k in mapping.dropped if k not in set(nnssl_map.dropped)]
+        nnssl_dropped = set(nnssl_map.dropped)
+        user_dropped = mapping.dropped = [k for k in mapping.dropped if k not in nnssl_dropped]
         notes.extend(_nnssl_records(records, nnssl_map, mapping.names.values()))
     if user_dropped:
         notes.append(f"{len(user_dropped)} checkpoint keys dropped by key_map: {user_dropped[:5]}")
