@@ -28,7 +28,6 @@ relative to ``nnUNet_results``, validation predictions left out as it leaves the
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -117,26 +116,15 @@ def _clean_plans(plans: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return kept, {k: v for k, v in plans.items() if k not in kept}
 
 
-def _safe_globals() -> list[Any]:
-    from nnunet_transfer.core.loading.checkpoint import SAFE_GLOBALS
-
-    found = []
-    for name in SAFE_GLOBALS:
-        module, _, attr = name.rpartition(".")
-        try:
-            found.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
-            continue
-    return found
-
-
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     import pickle
 
     import torch
 
+    from nnunet_transfer.core.loading.checkpoint import resolve_globals
+
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(resolve_globals()):
             try:  # memory-mapped: every fold's checkpoints are held until they are written
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped

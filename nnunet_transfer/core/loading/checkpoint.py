@@ -29,6 +29,7 @@ __all__ = [
     "SAFE_GLOBALS",
     "SourceCheckpoint",
     "read_checkpoint",
+    "resolve_globals",
 ]
 
 # Globals stock nnU-Net checkpoints need beyond torch's defaults: NumPy scalars in the logging/_best_ema entries.
@@ -119,7 +120,9 @@ class SourceCheckpoint:
         return len(seen), nbytes
 
 
-def _resolve_globals(names: Sequence[str]) -> list[Any]:
+def resolve_globals(names: Sequence[str] = SAFE_GLOBALS) -> list[Any]:
+    """The objects named ``module.attr`` (default: :data:`SAFE_GLOBALS`) for ``torch.serialization.safe_globals``;
+    names this environment lacks are left out."""
     objs = []
     for name in names:
         module, _, attr = name.rpartition(".")
@@ -168,7 +171,7 @@ def _torch_load(path: Path, fmt: str, allow_globals: Sequence[str], trust: bool)
     try:
         if trust:
             return torch.load(path, **kwargs)
-        with torch.serialization.safe_globals(_resolve_globals([*SAFE_GLOBALS, *allow_globals])):
+        with torch.serialization.safe_globals(resolve_globals([*SAFE_GLOBALS, *allow_globals])):
             return torch.load(path, **kwargs)
     except pickle.UnpicklingError as e:
         names = _UNSAFE_GLOBAL.findall(str(e))
