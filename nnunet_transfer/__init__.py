@@ -2,6 +2,10 @@
 
 Importing the package is cheap (it runs at interpreter start-up through a ``.pth`` hook); the public API below is
 loaded on first use.
+
+``_PUBLIC`` is the one table of the public API: ``__all__`` and the lazy look-up are derived from it, and the
+``TYPE_CHECKING`` imports (for type checkers and IDEs) are written from it by ``python scripts/public_api.py``
+(``tests/unit/test_layout.py`` fails when they differ).
 """
 
 from __future__ import annotations
@@ -11,137 +15,105 @@ from typing import TYPE_CHECKING, Any
 
 from nnunet_transfer._version import __version__
 
-if TYPE_CHECKING:
-    from nnunet_transfer.core.architectures import (
-        ArchitectureSpec,
-        architecture_for,
-        list_architectures,
-        register_architecture,
-        unregister_architecture,
-    )
-    from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
-    from nnunet_transfer.core.loading.loader import load_pretrained, plan_load, unwrap_network
-    from nnunet_transfer.core.loading.options import LoadOptions
-    from nnunet_transfer.core.loading.report import LoadReport, ReasonCode, TensorRecord
-    from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
-    from nnunet_transfer.core.schedules.recipes import Recipe, load_recipe
-    from nnunet_transfer.core.schedules.schedule import PerGroupLRScheduler, Schedule, build_optimizer, resolve_schedule
-    from nnunet_transfer.errors import (
-        ArchitectureError,
-        CheckpointError,
-        LoadGuardError,
-        NonFiniteWeightsError,
-        PlansError,
-        RecipeError,
-        TrainingStateError,
-        TransferError,
-        UnsafeCheckpointError,
-    )
-    from nnunet_transfer.nnunet.datasets import find_target_dataset
-    from nnunet_transfer.nnunet.networks import build_network
-    from nnunet_transfer.nnunet.plans import (
-        PlansTransfer,
-        check_transfer,
-        preprocess_transfer,
-        read_source_plans,
-        transfer_plans,
-        write_plans,
-    )
-
-__all__ = [
-    "ArchitectureError",
-    "ArchitectureSpec",
-    "CheckpointError",
-    "LoadGuardError",
-    "LoadOptions",
-    "LoadReport",
-    "NonFiniteWeightsError",
-    "PlansError",
-    "PlansTransfer",
-    "ReasonCode",
-    "Recipe",
-    "RecipeError",
-    "SourceCheckpoint",
-    "ParameterGroup",
-    "PerGroupLRScheduler",
-    "Schedule",
-    "TensorRecord",
-    "TrainingStateError",
-    "TransferError",
-    "UnsafeCheckpointError",
-    "__version__",
-    "architecture_for",
-    "build_network",
-    "build_optimizer",
-    "check_transfer",
-    "derive_groups",
-    "find_target_dataset",
-    "load_pretrained",
-    "list_architectures",
-    "load_recipe",
-    "plan_load",
-    "preprocess_transfer",
-    "read_checkpoint",
-    "read_source_plans",
-    "register_architecture",
-    "resolve_schedule",
-    "transfer_plans",
-    "unregister_architecture",
-    "unwrap_network",
-    "write_plans",
-    "EncoderClassifier",
-    "FineTuning",
-    "export_model",
-    "load_encoder",
-    "preprocess_image",
-]
-
-_WHERE = {
-    "ArchitectureError": "errors",
-    "ArchitectureSpec": "core.architectures",
-    "architecture_for": "core.architectures",
-    "list_architectures": "core.architectures",
-    "register_architecture": "core.architectures",
-    "unregister_architecture": "core.architectures",
-    "SourceCheckpoint": "core.loading.checkpoint",
-    "read_checkpoint": "core.loading.checkpoint",
-    "CheckpointError": "errors",
-    "LoadGuardError": "errors",
-    "NonFiniteWeightsError": "errors",
-    "PlansError": "errors",
-    "RecipeError": "errors",
-    "TrainingStateError": "errors",
-    "TransferError": "errors",
-    "ParameterGroup": "core.schedules.groups",
-    "derive_groups": "core.schedules.groups",
-    "UnsafeCheckpointError": "errors",
-    "LoadOptions": "core.loading.options",
-    "load_pretrained": "core.loading.loader",
-    "plan_load": "core.loading.loader",
-    "unwrap_network": "core.loading.loader",
-    "build_network": "nnunet.networks",
-    "find_target_dataset": "nnunet.datasets",
-    "PlansTransfer": "nnunet.plans",
-    "check_transfer": "nnunet.plans",
-    "preprocess_transfer": "nnunet.plans",
-    "read_source_plans": "nnunet.plans",
-    "transfer_plans": "nnunet.plans",
-    "write_plans": "nnunet.plans",
-    "Recipe": "core.schedules.recipes",
-    "load_recipe": "core.schedules.recipes",
-    "PerGroupLRScheduler": "core.schedules.schedule",
-    "Schedule": "core.schedules.schedule",
-    "build_optimizer": "core.schedules.schedule",
-    "resolve_schedule": "core.schedules.schedule",
-    "LoadReport": "core.loading.report",
-    "ReasonCode": "core.loading.report",
-    "TensorRecord": "core.loading.report",
-    "EncoderClassifier": "encoders",
-    "FineTuning": "encoders",
-    "load_encoder": "encoders",
-    "preprocess_image": "encoders",
-    "export_model": "export",
+#: module (relative to the package) -> the public names it defines, in the order they are documented
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "core.architectures": ("ArchitectureSpec", "architecture_for", "list_architectures", "register_architecture",
+                           "unregister_architecture"),
+    "core.loading.checkpoint": ("SourceCheckpoint", "read_checkpoint"),
+    "core.loading.loader": ("load_pretrained", "plan_load", "unwrap_network"),
+    "core.loading.options": ("LoadOptions",),
+    "core.loading.report": ("LoadReport", "ReasonCode", "TensorRecord"),
+    "core.schedules.groups": ("ParameterGroup", "derive_groups"),
+    "core.schedules.recipes": ("Recipe", "load_recipe"),
+    "core.schedules.schedule": ("PerGroupLRScheduler", "Schedule", "build_optimizer", "resolve_schedule"),
+    "errors": ("ArchitectureError", "CheckpointError", "LoadGuardError", "NonFiniteWeightsError", "PlansError",
+               "RecipeError", "TrainingStateError", "TransferError", "UnsafeCheckpointError"),
+    "nnunet.datasets": ("find_target_dataset",),
+    "nnunet.networks": ("build_network",),
+    "nnunet.plans": ("PlansTransfer", "check_transfer", "preprocess_transfer", "read_source_plans", "transfer_plans",
+                     "write_plans"),
+    "encoders": ("EncoderClassifier", "FineTuning", "load_encoder", "preprocess_image"),
+    "export": ("export_model",),
 }
+
+_WHERE: dict[str, str] = {name: module for module, names in _PUBLIC.items() for name in names}
+
+__all__ = ["__version__", *_WHERE]
+
+if TYPE_CHECKING:  # written by scripts/public_api.py from _PUBLIC: do not edit by hand
+    from nnunet_transfer.core.architectures import (
+        ArchitectureSpec as ArchitectureSpec,
+        architecture_for as architecture_for,
+        list_architectures as list_architectures,
+        register_architecture as register_architecture,
+        unregister_architecture as unregister_architecture,
+    )
+    from nnunet_transfer.core.loading.checkpoint import (
+        SourceCheckpoint as SourceCheckpoint,
+        read_checkpoint as read_checkpoint,
+    )
+    from nnunet_transfer.core.loading.loader import (
+        load_pretrained as load_pretrained,
+        plan_load as plan_load,
+        unwrap_network as unwrap_network,
+    )
+    from nnunet_transfer.core.loading.options import (
+        LoadOptions as LoadOptions,
+    )
+    from nnunet_transfer.core.loading.report import (
+        LoadReport as LoadReport,
+        ReasonCode as ReasonCode,
+        TensorRecord as TensorRecord,
+    )
+    from nnunet_transfer.core.schedules.groups import (
+        ParameterGroup as ParameterGroup,
+        derive_groups as derive_groups,
+    )
+    from nnunet_transfer.core.schedules.recipes import (
+        Recipe as Recipe,
+        load_recipe as load_recipe,
+    )
+    from nnunet_transfer.core.schedules.schedule import (
+        PerGroupLRScheduler as PerGroupLRScheduler,
+        Schedule as Schedule,
+        build_optimizer as build_optimizer,
+        resolve_schedule as resolve_schedule,
+    )
+    from nnunet_transfer.encoders import (
+        EncoderClassifier as EncoderClassifier,
+        FineTuning as FineTuning,
+        load_encoder as load_encoder,
+        preprocess_image as preprocess_image,
+    )
+    from nnunet_transfer.errors import (
+        ArchitectureError as ArchitectureError,
+        CheckpointError as CheckpointError,
+        LoadGuardError as LoadGuardError,
+        NonFiniteWeightsError as NonFiniteWeightsError,
+        PlansError as PlansError,
+        RecipeError as RecipeError,
+        TrainingStateError as TrainingStateError,
+        TransferError as TransferError,
+        UnsafeCheckpointError as UnsafeCheckpointError,
+    )
+    from nnunet_transfer.export import (
+        export_model as export_model,
+    )
+    from nnunet_transfer.nnunet.datasets import (
+        find_target_dataset as find_target_dataset,
+    )
+    from nnunet_transfer.nnunet.networks import (
+        build_network as build_network,
+    )
+    from nnunet_transfer.nnunet.plans import (
+        PlansTransfer as PlansTransfer,
+        check_transfer as check_transfer,
+        preprocess_transfer as preprocess_transfer,
+        read_source_plans as read_source_plans,
+        transfer_plans as transfer_plans,
+        write_plans as write_plans,
+    )
+# end of the written block
 
 
 def __getattr__(name: str) -> Any:

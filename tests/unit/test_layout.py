@@ -31,3 +31,25 @@ def test_importing_every_core_module_loads_no_nnunet():
             f"for n in {names!r}: importlib.import_module(n)\n"
             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'batchgenerators')}))")
     assert run([sys.executable, "-c", code], dict(os.environ)).stdout.strip() == "[]"
+
+
+def test_public_api_block_is_written_from_the_table():
+    """``nnunet_transfer/__init__.py``: the TYPE_CHECKING imports equal its ``_PUBLIC`` table (one table: ``__all__``
+    and the lazy look-up are derived from it at run time, the imports are written by ``scripts/public_api.py``)."""
+    proc = run([sys.executable, str(ROOT / "scripts" / "public_api.py"), "--check"], dict(os.environ), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_public_api_check_fails_on_a_stale_block(tmp_path):
+    """The check is not vacuous: a name added to the table but not to the block is found."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("public_api", ROOT / "scripts" / "public_api.py")
+    public_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(public_api)
+    source = (ROOT / "nnunet_transfer" / "__init__.py").read_text()
+    table = public_api.read_table(source)
+    assert "load_pretrained" in table["core.loading.loader"]
+    table["core.loading.loader"] = (*table["core.loading.loader"], "extra_name")
+    assert "extra_name as extra_name" in public_api.render(table)
+    assert public_api.render(table) not in source

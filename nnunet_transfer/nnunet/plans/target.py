@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_transfer.errors import PlansError
-from nnunet_transfer.nnunet.datasets import DatasetLocation, PathArg, dataset_name, read_json
-from nnunet_transfer.nnunet.datasets import NnUNetRoots as Roots
+from nnunet_transfer.nnunet.datasets import DatasetLocation, NnUNetRoots as Roots, PathArg, dataset_name, read_json
 from nnunet_transfer.nnunet.plans.paths import nnunet_paths
 
 __all__ = ["TargetFacts", "analyse_target", "locate_raw_target"]
