@@ -9,7 +9,8 @@ What is checked:
   spaces to ``-``, repeated slugs get ``-1``, ``-2``...), or an explicit ``<a id>``/``<a name>``;
 - commands in fenced code blocks and inline code: ``nnunet-transfer SUB [ACTION] ... --flag`` must name a subcommand
   (and action) of :func:`nnunet_transfer.cli.build_parser` and only flags that parser accepts; ``run\\|status`` lists
-  alternatives (each must exist; a flag must belong to one of them);
+  alternatives (each must exist; a flag must belong to one of them); ``nnUNetv2_*`` commands must be console
+  scripts of the installed nnU-Net and use only flags their entry points declare (read from nnU-Net's source);
 - every recipe a YAML code block shows (a mapping with ``name``, not a campaign file) loads with
   :func:`~nnunet_transfer.load_recipe` and resolves its selectors on a real PlainConvUNet or ResidualEncoderUNet;
 - an inline code span that is only a flag (```--load-decoder```, ```--rename PATTERN=REPLACEMENT```) must be a flag of
@@ -21,6 +22,10 @@ Failures name the file, the line and what is wrong.
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
+import importlib.metadata
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,12 +243,13 @@ def _tokens(segment: str) -> list[str]:
     return out
 
 
-def command_segments(chunk: Chunk) -> list[tuple[int, list[str]]]:
-    """(line, tokens after ``nnunet-transfer``) for each command of a code block or inline span.
+def command_segments(chunk: Chunk) -> list[tuple[int, str, list[str]]]:
+    """(line, program, tokens after it) for each ``nnunet-transfer`` or ``nnUNetv2_*`` command of a code block or
+    inline span.
 
     Code blocks: ``\\`` continuations joined, ``#`` comments dropped, commands split at ``&&``, ``;``, `` | ``.
-    A command is ``nnunet-transfer`` (or ``.../nnunet-transfer``) at the start of its segment, after environment
-    assignments (``X=1 nnunet-transfer ...``).
+    A command is the program (or ``.../program``) at the start of its segment, after environment assignments
+    (``X=1 nnunet-transfer ...``).
     """
     if chunk.kind == "inline":
         lines = [(chunk.line, chunk.text)]
@@ -266,9 +272,55 @@ def command_segments(chunk: Chunk) -> list[tuple[int, list[str]]]:
             words = segment.split()
             while words and _ENV_ASSIGN.match(words[0]):
                 words = words[1:]
-            if words and (words[0] == PROG or words[0].endswith("/" + PROG)):
-                out.append((line, _tokens(" ".join(words[1:]))))
+            program = words[0].rsplit("/", 1)[-1] if words else ""
+            if program == PROG or re.fullmatch(NNUNET_PREFIX + r"\w+", program):  # not the family ``nnUNetv2_*``
+                out.append((line, program, _tokens(" ".join(words[1:]))))
     return out
+
+
+NNUNET_PREFIX = "nnUNetv2_"
+
+
+def _add_argument_flags(function: ast.FunctionDef) -> set[str]:
+    out = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            out.update(a.value for a in node.args
+                       if isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value.startswith("-"))
+    return out
+
+
+@functools.cache
+def nnunet_commands() -> dict[str, str]:
+    """The installed nnU-Net's console scripts: name -> ``module:function``."""
+    return {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")
+            if e.name.startswith(NNUNET_PREFIX)}
+
+
+@functools.cache
+def nnunet_flags(command: str) -> frozenset[str]:
+    """The flags of an ``nnUNetv2_*`` command, read from the source of its entry point without importing it: the
+    ``add_argument`` calls of the entry function and of the module's functions it calls (shared argument helpers)."""
+    module, function = nnunet_commands()[command].split(":")
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, module
+    tree = ast.parse(Path(spec.origin).read_text())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    entry = functions[function]
+    flags = {"-h", "--help"} | _add_argument_flags(entry)
+    for node in ast.walk(entry):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
+            flags |= _add_argument_flags(functions[node.func.id])
+    return frozenset(flags)
+
+
+def nnunet_command_problems(program: str, tokens: list[str]) -> list[str]:
+    """What is wrong with ``nnUNetv2_X TOKENS``: no such command in the installed nnU-Net, or a flag it lacks."""
+    if program not in nnunet_commands():
+        return [f"{program}: no such nnU-Net command (installed: {', '.join(sorted(nnunet_commands()))})"]
+    known = nnunet_flags(program)
+    return [f"{program}: unknown flag {m.group(1)!r} (known: {', '.join(sorted(known))})"
+            for token in tokens if (m := _FLAG.match(token)) and m.group(1) not in known]
 
 
 def command_problems(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -297,14 +349,17 @@ def command_problems(tokens: list[str], parser: argparse.ArgumentParser) -> list
 
 
 def cli_problems(path: Path, text: str, parser: argparse.ArgumentParser) -> list[str]:
-    """One message per ``nnunet-transfer`` command or lone flag of ``text`` that the CLI does not have."""
+    """One message per ``nnunet-transfer`` command or lone flag of ``text`` that the CLI does not have, and per
+    ``nnUNetv2_*`` command or flag the installed nnU-Net does not have."""
     problems = []
     every_flag = all_flags(parser)
     for chunk in split_markdown(text):
         if chunk.kind == "prose":
             continue
-        for line, tokens in command_segments(chunk):
-            problems += [f"{path}:{line}: {p}" for p in command_problems(tokens, parser)]
+        for line, program, tokens in command_segments(chunk):
+            found = (command_problems(tokens, parser) if program == PROG
+                     else nnunet_command_problems(program, tokens))
+            problems += [f"{path}:{line}: {p}" for p in found]
         if chunk.kind == "inline":
             m = _FLAG.match(chunk.text)
             if m and m.group(1) not in every_flag and m.group(1) not in FOREIGN_FLAGS:
@@ -483,8 +538,13 @@ def test_recipe_check_catches_bad_recipes(tmp_path: Path, block: str, expected: 
     ("`nnunet-transfer campaign resume c.yaml`", "unknown subcommand 'resume'"),
     ("`nnunet-transfer campaign status c.yaml -o DIR`", "nnunet-transfer campaign status: unknown flag '-o'"),
     ("`--no-adapt-kernal`", "'--no-adapt-kernal' is no flag"),
+    ("```bash\nnnUNetv2_train 1 3d_fullres 0 -tr T -pretrained_weights C --npz\nnnUNetv2_plan_and_preprocess -d 1 "
+     "--verify_dataset_integrity --no_pbar\n```", None),
+    ("`nnUNetv2_train 1 3d_fullres 0 --continue`", "nnUNetv2_train: unknown flag '--continue'"),
+    ("```\nnnUNetv2_finetune 1 3d_fullres 0\n```", "nnUNetv2_finetune: no such nnU-Net command"),
 ], ids=["ok", "comment", "continuation", "alternatives", "package-name", "lone-flags", "bad-flag", "bad-flag-inline",
-        "bad-subcommand", "bad-action", "flag-of-another-action", "bad-lone-flag"])
+        "bad-subcommand", "bad-action", "flag-of-another-action", "bad-lone-flag", "nnunet-ok", "nnunet-bad-flag",
+        "nnunet-bad-command"])
 def test_cli_check_catches_unknown_commands_and_flags(parser: argparse.ArgumentParser, text: str,
                                                       expected: str | None) -> None:
     problems = cli_problems(Path("page.md"), "# Page\n\n" + text + "\n", parser)
