@@ -14,7 +14,7 @@ What is checked:
 - every recipe a YAML code block shows (a mapping with ``name``, not a campaign file) loads with
   :func:`~nnunet_transfer.load_recipe` and resolves its selectors on a real PlainConvUNet or ResidualEncoderUNet;
 - an inline code span that is only a flag (```--load-decoder```, ```--rename PATTERN=REPLACEMENT```) must be a flag of
-  some ``nnunet-transfer`` command, or one of the nnU-Net/SLURM flags listed in :data:`FOREIGN_FLAGS`.
+  some ``nnunet-transfer`` or ``nnUNetv2_*`` command, or one of the few others listed in :data:`FOREIGN_FLAGS`.
 
 Failures name the file, the line and what is wrong.
 """
@@ -40,20 +40,11 @@ from nnunet_transfer.errors import RecipeError
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "nnunet-transfer"
 
-# flags that docs show in inline code on their own and that belong to other programs (nnU-Net's nnUNetv2_* commands,
-# sbatch): a flag span that is neither one of these nor a flag of some nnunet-transfer command is an error
+# flags that docs show in inline code on their own and that belong to neither nnunet-transfer nor nnU-Net's
+# nnUNetv2_* commands (whose flags are read from nnU-Net's source): a lone flag span must be one of the three
 FOREIGN_FLAGS = frozenset({
-    # nnUNetv2_train
-    "-tr", "-p", "-pretrained_weights", "-device", "--c", "--val", "--npz", "-num_gpus", "--val_best",
-    "--disable_checkpointing",
-    # nnUNetv2_plan_and_preprocess / nnUNetv2_preprocess / nnUNetv2_plan_experiment
-    "--verify_dataset_integrity", "-pl", "-gpu_memory_target", "-overwrite_plans_name", "-np", "-c", "-d",
-    # nnUNetv2_predict / find_best_configuration / ensemble
-    "--save_probabilities", "--disable_ensembling", "-chk", "-f", "-i", "-o", "-m",
-    # sbatch
-    "--signal",
-    # python
-    "-S", "-I",
+    "--signal",  # sbatch
+    "-S", "-I",  # python
 })
 
 
@@ -314,6 +305,11 @@ def nnunet_flags(command: str) -> frozenset[str]:
     return frozenset(flags)
 
 
+def all_nnunet_flags() -> frozenset[str]:
+    """Every flag of every ``nnUNetv2_*`` command."""
+    return frozenset().union(*(nnunet_flags(c) for c in nnunet_commands()))
+
+
 def nnunet_command_problems(program: str, tokens: list[str]) -> list[str]:
     """What is wrong with ``nnUNetv2_X TOKENS``: no such command in the installed nnU-Net, or a flag it lacks."""
     if program not in nnunet_commands():
@@ -362,9 +358,9 @@ def cli_problems(path: Path, text: str, parser: argparse.ArgumentParser) -> list
             problems += [f"{path}:{line}: {p}" for p in found]
         if chunk.kind == "inline":
             m = _FLAG.match(chunk.text)
-            if m and m.group(1) not in every_flag and m.group(1) not in FOREIGN_FLAGS:
+            if m and m.group(1) not in every_flag | all_nnunet_flags() | FOREIGN_FLAGS:
                 problems.append(f"{path}:{chunk.line}: {chunk.text!r}: {m.group(1)!r} is no flag of any {PROG} "
-                                f"command (nor a known nnU-Net/SLURM flag: FOREIGN_FLAGS in {Path(__file__).name})")
+                                f"or nnUNetv2_* command (nor of sbatch/python: FOREIGN_FLAGS in {Path(__file__).name})")
     return problems
 
 
