@@ -1,5 +1,6 @@
-"""README.md and docs/: every relative link and #anchor resolves, and every ``nnunet-transfer`` command they show
-exists in the CLI's parser (subcommands, nested actions such as ``campaign run``, and flags).
+"""README.md and docs/: every relative link and #anchor resolves; every ``nnunet-transfer`` command they show exists
+in the CLI's parser (subcommands, nested actions such as ``campaign run``, and flags), every ``nnUNetv2_*`` command in
+the installed nnU-Net, and every recipe they show loads.
 
 What is checked:
 
