@@ -39,7 +39,7 @@ from nnunet_transfer.core.background import LatestJobWorker
 from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
 from nnunet_transfer.core.loading.report import LoadReport
 from nnunet_transfer.core.schedules.engine import FineTuneEngine
-from nnunet_transfer.core.schedules.groups import ParameterGroup
+from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
 from nnunet_transfer.core.schedules.lr_table import LRTable
 from nnunet_transfer.core.schedules.plot import SchedulePanel
 from nnunet_transfer.core.schedules.recipes import (
@@ -221,51 +221,47 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
         if fitted is recipe:
             return
         self.print_to_log_file(
-            f"nnunet-transfer recipe {recipe.name} scaled to this run's {self.num_epochs} epochs (the recipe is for "
-            f"{recipe.num_epochs or NNUNET_DEFAULT_EPOCHS}): {fitted.name}, phases starting at "
-            f"{[p.start_epoch for p in fitted.phases]}, warmup_all_epochs {fitted.warmup_all_epochs}",
-            also_print_to_console=True)
-        fitted.source = recipe.source
+            f"nnunet-transfer recipe {recipe.name} scaled to this run's {self.num_epochs} epochs ({type(self).__name__}"
+            f" sets num_epochs; the recipe is for {recipe.num_epochs or NNUNET_DEFAULT_EPOCHS}): {fitted.name}, its "
+            "phase starts, unfreezing steps and warmups in proportion", also_print_to_console=True)
         self.ft_recipe = fitted
         self._apply_recipe(fitted)
         self._store_recipe()
 
-    def _fitting_trainers(self, group_names: list[str]) -> list[str]:
-        """Our trainer variants whose recipe resolves on these groups, those that freeze first ahead."""
+    def _misfit(self, network: torch.nn.Module, error: RecipeError) -> str:
+        """One line: the recipe does not fit ``network`` (``error``), and the trainers whose recipes fit it."""
         import nnunet_transfer.trainers as ours  # the variants subclass this class: imported when asked
 
+        recipe = self.ft_recipe
+        try:
+            group_names = [g.name for g in derive_groups(network)]  # the architecture's, as shipped recipes use
+        except RecipeError:
+            group_names = []
         fits = []
         for name in ours.__all__:
             try:
-                recipe = load_recipe(getattr(ours, name).recipe)
-                resolve_schedule(recipe, group_names, recipe.num_epochs or NNUNET_DEFAULT_EPOCHS, 1.0)
+                candidate = load_recipe(getattr(ours, name).recipe)
+                resolve_schedule(candidate, group_names, candidate.num_epochs or NNUNET_DEFAULT_EPOCHS, 1.0)
             except RecipeError:
                 continue
-            fits.append((not (recipe.phases or recipe.progressive), f"{name} (recipe {recipe.name})"))
-        return [text for _, text in sorted(fits, key=lambda f: f[0])]
+            fits.append((not (candidate.phases or candidate.progressive), f"{name} (recipe {candidate.name})"))
+        fitting = [text for _, text in sorted(fits, key=lambda f: f[0])]  # trainers that freeze first ahead
+        hint = (f"trainers whose recipe fits it: {', '.join(fitting)} (-tr NAME, or {RECIPE_ENV_VAR}=RECIPE)"
+                if fitting else f"write a recipe with groups for it ({RECIPE_ENV_VAR}=PATH)")
+        return (f"{type(self).__name__}: recipe {recipe.name} ({recipe.source}) does not fit this "
+                f"{type(network).__name__} network: {error}; {hint}")
 
     def configure_optimizers(self):
         """The fine-tuning engine for the recipe: one optimizer param group per parameter group, all parameters
         from the start, the recipe's clipping; its per-group scheduler. A recipe that does not fit the network is
         one line naming the trainers whose recipes fit."""
-        recipe = self.ft_recipe
         network = unwrap_network(self.network)
         try:
             # nnU-Net logs (and plots) param group 0 only: lead with a group that trains from the start at full rate
-            self.engine = FineTuneEngine(network, recipe, self.num_epochs, self.initial_lr, self.weight_decay,
+            self.engine = FineTuneEngine(network, self.ft_recipe, self.num_epochs, self.initial_lr, self.weight_decay,
                                          lead_group_first=True)
         except RecipeError as e:
-            from nnunet_transfer.core.schedules.groups import derive_groups
-
-            try:
-                names = [g.name for g in derive_groups(network, recipe.groups)]
-            except RecipeError:
-                names = []
-            fits = self._fitting_trainers(names) if names else []
-            hint = (f"trainers whose recipe fits it: {', '.join(fits)} (-tr NAME, or {RECIPE_ENV_VAR}=RECIPE)"
-                    if fits else f"write a recipe with groups for it ({RECIPE_ENV_VAR}=PATH)")
-            raise RecipeError(f"{type(self).__name__}: recipe {recipe.name} ({recipe.source}) does not fit this "
-                              f"{type(network).__name__} network: {e}; {hint}") from None
+            raise RecipeError(self._misfit(network, e)) from None
         self.print_to_log_file("parameter groups (name: tensors, parameters, share, rate multiplier, trains from "
                                "epoch):\n" + "\n".join(f"  {line}" for line in self.engine.group_lines()),
                                also_print_to_console=False, add_timestamp=False)

@@ -208,8 +208,8 @@ def test_a_subclass_that_shortens_the_run_trains_with_the_recipe_scaled(tmp_path
     assert trainer.plans_manager.plans["nnunet_transfer_recipe"]["name"] == "nnssl_resenc_5epochs"
     scaled = [line for line in capsys.readouterr().out.splitlines() if "scaled to this run's" in line]
     assert len(scaled) == 1 and scaled[0].endswith(
-        "nnunet-transfer recipe nnssl_resenc scaled to this run's 5 epochs (the recipe is for 1000): "
-        "nnssl_resenc_5epochs, phases starting at [0], warmup_all_epochs 1")
+        "nnunet-transfer recipe nnssl_resenc scaled to this run's 5 epochs (_FiveEpochs sets num_epochs; the recipe is "
+        "for 1000): nnssl_resenc_5epochs, its phase starts, unfreezing steps and warmups in proportion")
     for epoch in range(5):
         trainer.current_epoch = epoch
         trainer.on_train_epoch_start()
