@@ -30,14 +30,9 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
         if args.no_rewrap_after_first:
             import nnunet_transfer.trainers.adaptive_ft as ft
 
-            calls = []
+            # the wrapper nnU-Net builds at initialize (the engine has frozen the encoder by then) is never rebuilt
+            ft.rewrap_ddp = lambda ddp: ddp
 
-            def rewrap_once(ddp):
-                calls.append(1)
-                return ft.rewrap_ddp.__wrapped__(ddp) if len(calls) == 1 else ddp
-
-            rewrap_once.__wrapped__ = ft.rewrap_ddp
-            ft.rewrap_ddp = rewrap_once
         trainer = get_trainer_from_args(args.dataset, "3d_fullres", 0, "nnUNetTrainerAdaptiveFT", "nnUNetPlans",
                                         device=torch.device("cpu"))
         maybe_load_checkpoint(trainer, False, False, args.checkpoint)

@@ -5,60 +5,56 @@
 to ``pretrained_load_report.json`` in the fold folder. The checkpoint may also come from the recipe
 (``pretrained.checkpoint``); it is loaded once, at the start of a new training, never over a resumed (``--c``) run.
 
-The recipe's schedule (parameter groups, freeze phases, per-group learning rates, warmup) replaces nnU-Net's single
-polynomial rate: every parameter is in the optimizer from the start (one param group per parameter group), frozen
-groups get no gradient and their norm layers stay in eval mode, and under DDP the wrapper is rebuilt whenever the
-trainable set changes so that newly unfrozen parameters are synchronised. Each epoch's rates and trainable groups
-go to the log and to ``lr_table.json``, and a panel of them under nnU-Net's ``progress.png``: drawn in a background
-thread during the next epoch (rank 0), waited for before nnU-Net writes ``progress.png`` again and at the end of
-training; a failure to draw it is logged and training goes on.
+The recipe's schedule (parameter groups, freeze phases, per-group learning rates, warmup, clipping), put to work by
+the fine-tuning engine (:class:`~nnunet_transfer.core.schedules.engine.FineTuneEngine`, the one ``FineTuning`` uses
+too), replaces nnU-Net's single polynomial rate: every parameter is in the optimizer from the start (one param group
+per parameter group), frozen groups get no gradient and their norm layers stay in eval mode, and under DDP the wrapper
+is rebuilt whenever the trainable set changes so that newly unfrozen parameters are synchronised. Each epoch's rates
+and trainable groups go to the log and to ``lr_table.json``, and a panel of them under nnU-Net's ``progress.png``:
+drawn in a background thread during the next epoch (rank 0), waited for before nnU-Net writes ``progress.png`` again
+and at the end of training; a failure to draw it is logged and training goes on.
 
-Preemption: from the start of training, SIGUSR1, SIGUSR2 or SIGTERM ask the trainer to stop (see
-``core/preemption.py``; a second SIGTERM kills at once). At the end of the epoch under way it writes
-``checkpoint_latest.pth`` as nnU-Net's periodic save would have, shuts the data loaders down and exits with
-:data:`PREEMPTED_EXIT_CODE` (75); ``nnUNetv2_train ... --c`` continues from the next epoch. Under DDP all ranks
-stop at the same epoch. Checkpoints are written atomically (a temporary file replaced in one step), so a kill
-during a save leaves the previous checkpoint intact.
+Preemption and atomic checkpoint writes: see ``trainers/preemption.py`` (SIGUSR1, SIGUSR2 or SIGTERM end the epoch
+under way, write ``checkpoint_latest.pth`` and exit with status 75; ``--c`` continues).
+
+The recipe must fit the network and the run. A subclass that changes ``num_epochs`` after ``super().__init__`` (as
+nnU-Net's ``nnUNetTrainer_5epochs`` does) gets the recipe scaled to it (:meth:`Recipe.scaled`, one log line); a
+recipe whose groups the network does not have stops at ``initialize`` with one line naming the trainers whose recipes
+fit (no traceback under ``nnUNetv2_train``: see ``trainers/_user_errors.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_transfer.core.background import LatestJobWorker
-from nnunet_transfer.core.io import atomic_path
 from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
 from nnunet_transfer.core.loading.report import LoadReport
-from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE, GracefulStop
+from nnunet_transfer.core.schedules.engine import FineTuneEngine
 from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
 from nnunet_transfer.core.schedules.lr_table import LRTable
 from nnunet_transfer.core.schedules.plot import SchedulePanel
-from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
-from nnunet_transfer.core.schedules.schedule import (
-    GradClip,
-    PerGroupLRScheduler,
-    Schedule,
-    apply_freeze,
-    build_optimizer,
-    freeze_norms,
-    resolve_schedule,
-    rewrap_ddp,
+from nnunet_transfer.core.schedules.recipes import (
+    NNUNET_DEFAULT_EPOCHS,
+    RECIPE_ENV_VAR,
+    Recipe,
+    load_recipe,
+    scaled_to_run,
 )
-from nnunet_transfer.core.schedules.skips import disable_skip_split, update_skip_split
+from nnunet_transfer.core.schedules.schedule import Schedule, resolve_schedule, rewrap_ddp
 from nnunet_transfer.errors import LoadGuardError, RecipeError, TrainingStateError
 from nnunet_transfer.nnunet.networks import accepts_deep_supervision, build_from_plans
 from nnunet_transfer.nnunet.pretrained_hook import PRETRAINED_SEAM, install_pretrained_hook, seam_problems
-from nnunet_transfer.trainers import _cpu_ddp
+from nnunet_transfer.trainers import _cpu_ddp, _user_errors
+from nnunet_transfer.trainers.preemption import PreemptionMixin
 
 __all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "RECIPE_PLANS_KEY", "REPORT_FILE", "nnUNetTrainerAdaptiveFT"]
 
@@ -73,7 +69,7 @@ def _pretrained_weights_flag() -> bool:
     return any(a == "-pretrained_weights" or a.startswith("-pretrained_weights=") for a in sys.argv[1:])
 
 
-class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
+class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
     """nnU-Net's trainer with adaptive pretrained loading; settings come from a validated recipe."""
 
     #: shipped recipe name or YAML path; the environment variable NNUNET_TRANSFER_RECIPE overrides it
@@ -86,6 +82,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         continue_training = bool(plans.get("continue_training", False))
+        _user_errors.install()  # our errors under nnUNetv2_train: one line, no traceback
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._on_cpu_ddp = _cpu_ddp.applies(self, device)  # nnU-Net assumes CUDA under DDP: see trainers/_cpu_ddp.py
         if self._on_cpu_ddp:
@@ -98,16 +95,12 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
         self._store_recipe()
         self.pretrained_report: LoadReport | None = None
         self._resumed = False
-        self.param_groups: list[ParameterGroup] = []
-        self.schedule: Schedule | None = None
-        self._trainable: list[str] | None = None
-        self._split = 0  # decoder convolutions split now (see _split_skips)
+        self.engine: FineTuneEngine | None = None  # built by configure_optimizers
+        self._epochs_started = 0  # epoch starts of this process (the first one logs no change of trainable groups)
+        self._split = 0  # decoder convolutions split for a frozen skip, as last logged
         self._lr_table: LRTable | None = None  # lr_table.json, read once (a resumed run's epochs)
-        self._fractions: dict[tuple[str, ...], float] = {}  # trainable fraction per trainable set
         self._panel = SchedulePanel()
         self._panel_worker = LatestJobWorker("nnunet-transfer schedule panel", nice=19)
-        self._graceful = GracefulStop()  # installed by on_train_start, removed by on_train_end or a stop
-        self._grad_clip: GradClip | None = None
         install_pretrained_hook(self)
 
     @staticmethod
@@ -192,89 +185,120 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             report.write_json(Path(self.output_folder) / REPORT_FILE)
 
     def initialize(self) -> None:
-        """nnU-Net's initialize; for CPU processes of a process group (gloo), see ``trainers/_cpu_ddp.py``."""
+        """nnU-Net's initialize, with the recipe fitted to the run first (:meth:`_fit_recipe_to_run`); for CPU
+        processes of a process group (gloo), see ``trainers/_cpu_ddp.py``."""
+        if not self.was_initialized:
+            self._fit_recipe_to_run()
         if self._on_cpu_ddp:
             _cpu_ddp.initialize(self, super().initialize)
         else:
             super().initialize()
 
     # --- schedule -----------------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        """One optimizer param group per parameter group, all parameters from the start; our per-group scheduler."""
+    @property
+    def param_groups(self) -> list[ParameterGroup]:
+        """The network's parameter groups (empty before ``initialize``)."""
+        return self.engine.groups if self.engine is not None else []
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """The recipe's resolved schedule (None before ``initialize``)."""
+        return self.engine.schedule if self.engine is not None else None
+
+    @property
+    def _trainable(self) -> list[str] | None:
+        return self.engine.trainable if self.engine is not None else None
+
+    def _fit_recipe_to_run(self) -> None:
+        """A subclass that set another ``num_epochs`` after ``super().__init__`` (nnU-Net's way to shorten a run)
+        meant a run of that length: scale the recipe to it (one log line)."""
         recipe = self.ft_recipe
-        self.param_groups = derive_groups(unwrap_network(self.network), recipe.groups)
-        self.schedule = resolve_schedule(recipe, [g.name for g in self.param_groups], self.num_epochs, self.initial_lr,
-                                         self.weight_decay)
-        # nnU-Net logs (and plots) param group 0 only: lead with a group that trains from the start at the full rate
-        s = self.schedule
-        lead = max((g for g in self.param_groups if s.unfreeze_epoch[g.name] == 0),
-                   key=lambda g: s.multiplier[g.name], default=self.param_groups[0])
-        ordered = [lead] + [g for g in self.param_groups if g is not lead]
-        optimizer = build_optimizer(ordered, self.schedule, recipe.optimizer, recipe.adamw_betas)
-        if recipe.grad_clip_norm is not None:  # nnU-Net's train_step clips at 12; this clips further, before each step
-            self._grad_clip = GradClip(optimizer, recipe.grad_clip_norm)
-        self._fractions = {}
-        total = sum(g.numel for g in self.param_groups)
+        try:
+            fitted = scaled_to_run(recipe, self.num_epochs)
+        except RecipeError as e:
+            raise RecipeError(f"{type(self).__name__}: num_epochs {self.num_epochs} and recipe {recipe.name} "
+                              f"({recipe.source}) do not fit: {e}") from None
+        if fitted is recipe:
+            return
+        self.print_to_log_file(
+            f"nnunet-transfer recipe {recipe.name} scaled to this run's {self.num_epochs} epochs ({type(self).__name__}"
+            f" sets num_epochs; the recipe is for {recipe.num_epochs or NNUNET_DEFAULT_EPOCHS}): {fitted.name}, its "
+            "phase starts, unfreezing steps and warmups in proportion", also_print_to_console=True)
+        self.ft_recipe = fitted
+        self._apply_recipe(fitted)
+        self._store_recipe()
+
+    def _misfit(self, network: torch.nn.Module, error: RecipeError) -> str:
+        """One line: the recipe does not fit ``network`` (``error``), and the trainers whose recipes fit it."""
+        import nnunet_transfer.trainers as ours  # the variants subclass this class: imported when asked
+
+        recipe = self.ft_recipe
+        try:
+            group_names = [g.name for g in derive_groups(network)]  # the architecture's, as shipped recipes use
+        except RecipeError:
+            group_names = []
+        fits = []
+        for name in ours.__all__:
+            try:
+                candidate = load_recipe(getattr(ours, name).recipe)
+                resolve_schedule(candidate, group_names, candidate.num_epochs or NNUNET_DEFAULT_EPOCHS, 1.0)
+            except RecipeError:
+                continue
+            fits.append((not (candidate.phases or candidate.progressive), f"{name} (recipe {candidate.name})"))
+        fitting = [text for _, text in sorted(fits, key=lambda f: f[0])]  # trainers that freeze first ahead
+        hint = (f"trainers whose recipe fits it: {', '.join(fitting)} (-tr NAME, or {RECIPE_ENV_VAR}=RECIPE)"
+                if fitting else f"write a recipe with groups for it ({RECIPE_ENV_VAR}=PATH)")
+        return (f"{type(self).__name__}: recipe {recipe.name} ({recipe.source}) does not fit this "
+                f"{type(network).__name__} network: {error}; {hint}")
+
+    def configure_optimizers(self):
+        """The fine-tuning engine for the recipe: one optimizer param group per parameter group, all parameters
+        from the start, the recipe's clipping; its per-group scheduler. A recipe that does not fit the network is
+        one line naming the trainers whose recipes fit."""
+        network = unwrap_network(self.network)
+        try:
+            # nnU-Net logs (and plots) param group 0 only: lead with a group that trains from the start at full rate
+            self.engine = FineTuneEngine(network, self.ft_recipe, self.num_epochs, self.initial_lr, self.weight_decay,
+                                         lead_group_first=True)
+        except RecipeError as e:
+            raise RecipeError(self._misfit(network, e)) from None
         self.print_to_log_file("parameter groups (name: tensors, parameters, share, rate multiplier, trains from "
-                               "epoch):\n" + "\n".join(
-                                   f"  {g.name}: {len(g.params)}, {g.numel}, {g.numel / total:.1%}, "
-                                   f"{s.multiplier[g.name]:g}, {s.unfreeze_epoch[g.name]}" for g in self.param_groups),
+                               "epoch):\n" + "\n".join(f"  {line}" for line in self.engine.group_lines()),
                                also_print_to_console=False, add_timestamp=False)
-        return optimizer, PerGroupLRScheduler(optimizer, self.schedule)
+        self._log_split()
+        return self.engine.optimizer, self.engine.scheduler
 
     def _set_trainable(self, epoch: int) -> None:
-        trainable = self.schedule.trainable(epoch)
-        first = self._trainable is None
-        changed = apply_freeze(self.param_groups, trainable)
-        if changed and not first:
-            self.print_to_log_file(f"epoch {epoch}: trainable groups now {trainable}")
+        changed = self.engine.set_trainable(epoch)
+        if changed and self._epochs_started:
+            self.print_to_log_file(f"epoch {epoch}: trainable groups now {self.engine.trainable}")
         if changed and self.is_ddp:
             # DDP fixed at construction which parameters it synchronises: rebuild it for the new trainable set
             self.network = rewrap_ddp(self.network)
-        self._trainable = trainable
-        if changed or first:
-            self._split_skips()
+        self._epochs_started += 1
+        self._log_split()
 
-    def _split_skips(self) -> None:
-        """No input gradient for the skips whose encoder side is frozen now (recipe ``split_frozen_skips``); called
-        whenever the trainable set changes."""
-        if self.ft_recipe.split_frozen_skips:
-            split = update_skip_split(self.network)
-        else:
-            disable_skip_split(self.network)
-            split = 0
-        if split != self._split:
-            self.print_to_log_file(f"decoder convolutions computing no gradient for a frozen skip: {split}",
-                                   also_print_to_console=False)
-        self._split = split
-
-    def _norms_to_eval(self) -> None:
-        if self.ft_recipe.frozen_norm == "eval" and self._trainable is not None:
-            freeze_norms(unwrap_network(self.network), self.param_groups, self._trainable)
-
-    def _trainable_fraction(self) -> float:
-        key = tuple(self._trainable)
-        if key not in self._fractions:
-            total = sum(g.numel for g in self.param_groups)
-            self._fractions[key] = sum(g.numel for g in self.param_groups if g.name in self._trainable) / total
-        return self._fractions[key]
+    def _log_split(self) -> None:
+        """Log the number of decoder convolutions that compute no gradient for a frozen skip, when it changed."""
+        if self.engine.split_skips != self._split:
+            self.print_to_log_file("decoder convolutions computing no gradient for a frozen skip: "
+                                   f"{self.engine.split_skips}", also_print_to_console=False)
+        self._split = self.engine.split_skips
 
     def _log_schedule(self, epoch: int) -> None:
-        lrs = {pg["name"]: pg["lr"] for pg in self.optimizer.param_groups}
-        frac = self._trainable_fraction()
-        self.print_to_log_file("learning rates: " + ", ".join(f"{k} {v:.3g}" for k, v in lrs.items())
-                               + f"; trainable fraction {frac:.3f}")
+        row = self.engine.record(epoch)
+        self.print_to_log_file("learning rates: " + ", ".join(f"{k} {v:.3g}" for k, v in row["lr"].items())
+                               + f"; trainable fraction {row['trainable_fraction']:.3f}")
         if self.local_rank != 0:
             return
         if self._lr_table is None:
             self._lr_table = LRTable.load(Path(self.output_folder) / LR_TABLE_FILE)
-        self._lr_table.record({"epoch": epoch, "lr": lrs, "trainable": list(self._trainable),
-                               "trainable_fraction": frac})
+        self._lr_table.record(row)
 
     def on_train_epoch_start(self) -> None:
         self._set_trainable(self.current_epoch)
         super().on_train_epoch_start()  # network.train(), scheduler step (every group), logs group 0
-        self._norms_to_eval()
+        self.engine.norms_to_eval()
         self._log_schedule(self.current_epoch)
 
     def _wait_for_panel(self) -> None:
@@ -292,97 +316,20 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
             # drawn while the next epoch trains; the rows are a snapshot (the list grows, rows are never changed)
             self._panel_worker.submit(self._panel.add_to, Path(self.output_folder) / "progress.png",
                                       list(self._lr_table.rows))
-        if self._stop_agreed():
-            self._stop_preempted()
+        self._maybe_stop()
+
+    def _before_stop(self) -> None:
+        self._wait_for_panel()
+        self._panel_worker.close()
 
     def on_train_end(self) -> None:
         self._wait_for_panel()  # the last epoch's panel is in progress.png before training is reported done
         self._panel_worker.close()
-        self._graceful.release_children()  # nnU-Net shuts the loaders down now: stragglers must obey its SIGTERM
+        self._release_stop_signals()
         try:
             super().on_train_end()
         finally:
             self._graceful.uninstall()
-
-    # --- preemption ---------------------------------------------------------------------------------------------
-    def _stop_agreed(self) -> bool:
-        """Whether to stop now: a stop signal reached this process, or under DDP any rank (every rank must leave
-        the loop at the same epoch, or the others would wait for it in their next collective call)."""
-        stop = self._graceful.requested is not None
-        if self.is_ddp and dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([int(stop)], dtype=torch.int32, device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
-
-    def _continue_command(self) -> str:
-        """The ``nnUNetv2_train`` command that continues this training."""
-        args = [self.plans_manager.dataset_name, self.configuration_name, str(self.fold), "-tr", type(self).__name__,
-                "-p", self.plans_manager.plans_name]
-        if self.device.type != "cuda":
-            args += ["-device", self.device.type]
-        if self.is_ddp and dist.is_initialized():
-            args += ["-num_gpus", str(dist.get_world_size())]
-        return "nnUNetv2_train " + shlex.join(args) + " --c"
-
-    def _stop_preempted(self) -> None:
-        """Called by :meth:`on_epoch_end` (after nnU-Net's, which advanced ``current_epoch``) when a stop was asked
-        for: write ``checkpoint_latest.pth`` as nnU-Net's periodic save at this epoch would have, shut the data
-        loaders down and leave with :data:`PREEMPTED_EXIT_CODE` through ``SystemExit``."""
-        finished = self.current_epoch - 1
-        latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
-        if not ((finished + 1) % self.save_every == 0 and finished != self.num_epochs - 1):  # else written just now
-            # nnU-Net saves before its current_epoch += 1 and stores current_epoch + 1: the epoch to continue from
-            self.current_epoch -= 1
-            try:
-                self.save_checkpoint(latest)
-            finally:
-                self.current_epoch += 1
-        if self.is_ddp and dist.is_available() and dist.is_initialized():
-            dist.barrier()  # no rank leaves (and takes the process group down) before rank 0 has written
-        self._wait_for_panel()
-        self._panel_worker.close()
-        self._shutdown_dataloaders()
-        request = self._graceful.requested
-        why = request.describe() if request is not None else "a stop request of another rank"
-        saved = ("checkpoint_latest.pth holds the state to continue from epoch "
-                 f"{self.current_epoch}" if not self.disable_checkpointing else
-                 "no checkpoint written (checkpointing is disabled): a resumed run starts over")
-        self.print_to_log_file(f"Training stopped on {why} at the end of epoch {finished}; {saved}. Continue with: "
-                               f"{self._continue_command()} (exit status {PREEMPTED_EXIT_CODE})",
-                               also_print_to_console=True)
-        self._graceful.uninstall()
-        raise SystemExit(PREEMPTED_EXIT_CODE)
-
-    def _shutdown_dataloaders(self) -> None:
-        """Stop the data-augmentation workers as nnU-Net's ``on_train_end`` does (their output silenced)."""
-        self._graceful.release_children()
-        old_stdout = sys.stdout
-        try:
-            with open(os.devnull, "w") as devnull:
-                sys.stdout = devnull
-                for loader in (self.dataloader_train, self.dataloader_val):
-                    finish = getattr(loader, "_finish", None)  # (NonDet)MultiThreadedAugmenter; not single-threaded
-                    if callable(finish):
-                        finish()
-        finally:
-            sys.stdout = old_stdout
-
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's, written to a temporary file beside ``filename`` that replaces it in one step: a kill during
-        the save leaves the previous checkpoint as it was."""
-        if self.local_rank != 0 or self.disable_checkpointing:
-            super().save_checkpoint(filename)  # writes nothing
-            return
-        with atomic_path(filename) as tmp:
-            super().save_checkpoint(str(tmp))
-
-    def _remove_stale_temporaries(self) -> None:
-        """Temporary checkpoint files of a run killed during a save (SIGKILL)."""
-        if self.local_rank != 0:
-            return
-        for tmp in Path(self.output_folder).glob(".checkpoint_*.tmp.pth"):
-            tmp.unlink(missing_ok=True)
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
@@ -453,9 +400,7 @@ class nnUNetTrainerAdaptiveFT(nnUNetTrainer):
 
     def on_train_start(self) -> None:
         # before nnU-Net forks the data-augmentation workers (super().on_train_start()): they inherit the handlers
-        if not self._graceful.install():
-            self.print_to_log_file("stop signals (SIGUSR1, SIGUSR2, SIGTERM) not handled: training does not run in "
-                                   "the main thread", also_print_to_console=False)
+        self._install_stop_signals()
         try:
             self._start_training()
         except BaseException:

@@ -2,13 +2,15 @@
 
 A recipe is picked by the trainer class (``recipe`` attribute) or, for any trainer of this package, by the
 environment variable ``NNUNET_TRANSFER_RECIPE`` (a shipped recipe's name or a path to a YAML file). Shipped recipes
-live in ``nnunet_transfer/configs``.
+live in ``nnunet_transfer/configs``; ``NAME_<N>epochs`` names a shipped recipe ``NAME`` scaled to N epochs
+(:meth:`Recipe.scaled`), derived when loaded: ``default_250epochs`` is ``load_recipe("default").scaled(250)``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -19,10 +21,23 @@ from nnunet_transfer.core.io import parse_yaml_mapping
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.errors import RecipeError
 
-__all__ = ["RECIPE_ENV_VAR", "Phase", "PretrainedSpec", "Progressive", "Recipe", "available_recipes", "load_recipe"]
+__all__ = [
+    "RECIPE_ENV_VAR",
+    "SCALED_SHIPPED",
+    "Phase",
+    "PretrainedSpec",
+    "Progressive",
+    "Recipe",
+    "available_recipes",
+    "load_recipe",
+    "scaled_to_run",
+]
 
 RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
 NNUNET_DEFAULT_EPOCHS = 1000  # nnUNetTrainer.num_epochs
+#: scaled shipped recipes that are listed (and named by trainer variants); any NAME_<N>epochs of a shipped NAME loads
+SCALED_SHIPPED = ("default_100epochs", "default_250epochs")
+_SCALED_NAME = re.compile(r"(?P<base>[A-Za-z0-9_.-]+?)_(?P<epochs>[0-9]+)epochs")
 
 
 class PretrainedSpec(LoadOptions):
@@ -138,10 +153,23 @@ class Recipe(BaseModel):
             "warmup_all_epochs": min(scale(self.warmup_all_epochs), num_epochs - 1)})
 
 
-def available_recipes() -> list[str]:
-    """Names of the recipes shipped in ``nnunet_transfer/configs`` (its YAML files; subfolders hold other files)."""
+def scaled_to_run(recipe: Recipe, num_epochs: int) -> Recipe:
+    """``recipe`` for a run of ``num_epochs``: itself when that is its budget (its ``num_epochs``, else nnU-Net's
+    1000), else :meth:`Recipe.scaled` to it. The trainer and ``FineTuning`` both fit a recipe to a run by this."""
+    if num_epochs == (recipe.num_epochs or NNUNET_DEFAULT_EPOCHS):
+        return recipe
+    return recipe.scaled(num_epochs)
+
+
+def _shipped_files() -> list[str]:
     folder = resources.files("nnunet_transfer") / "configs"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and p.is_file())
+
+
+def available_recipes() -> list[str]:
+    """Names of the shipped recipes: the YAML files in ``nnunet_transfer/configs`` (subfolders hold other files)
+    and the scaled ones of :data:`SCALED_SHIPPED`."""
+    return sorted([*_shipped_files(), *SCALED_SHIPPED])
 
 
 def _format_error(where: str, e: ValidationError) -> str:
@@ -166,8 +194,14 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         # a shipped recipe is a bare name: configs/ also holds other files in subfolders (campaigns/example.yaml)
         shipped = resources.files("nnunet_transfer") / "configs" / f"{text_name}.yaml"
         if "/" in text_name or os.sep in text_name or not shipped.is_file():
+            scaled = _SCALED_NAME.fullmatch(text_name)
+            if scaled and scaled["base"] in _shipped_files():
+                recipe = load_recipe(scaled["base"]).scaled(int(scaled["epochs"]))
+                recipe.source = f"<shipped recipe {scaled['base']} scaled to {int(scaled['epochs'])} epochs>"
+                return recipe
             raise RecipeError(f"recipe {text_name!r} not found: not a file, and not a shipped recipe "
-                              f"(shipped: {', '.join(available_recipes())})")
+                              f"(shipped: {', '.join(available_recipes())}; NAME_<N>epochs scales a shipped NAME "
+                              "to N epochs)")
         text = shipped.read_text()
         where = f"<shipped recipe {text_name}>"
         path = None
