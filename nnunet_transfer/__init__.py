@@ -23,6 +23,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "core.loading.loader": ("load_pretrained", "plan_load", "unwrap_network"),
     "core.loading.options": ("LoadOptions",),
     "core.loading.report": ("LoadReport", "ReasonCode", "TensorRecord"),
+    "core.schedules.engine": ("FineTuneEngine",),
     "core.schedules.groups": ("ParameterGroup", "derive_groups"),
     "core.schedules.recipes": ("Recipe", "load_recipe"),
     "core.schedules.schedule": ("PerGroupLRScheduler", "Schedule", "build_optimizer", "resolve_schedule"),
@@ -64,6 +65,9 @@ if TYPE_CHECKING:  # written by scripts/public_api.py from _PUBLIC: do not edit 
         LoadReport as LoadReport,
         ReasonCode as ReasonCode,
         TensorRecord as TensorRecord,
+    )
+    from nnunet_transfer.core.schedules.engine import (
+        FineTuneEngine as FineTuneEngine,
     )
     from nnunet_transfer.core.schedules.groups import (
         ParameterGroup as ParameterGroup,
