@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,11 +47,11 @@ from submitit.slurm.slurm import SlurmJob
 from nnunet_transfer.campaigns._submitit import constructor_parameters, preemption_signal, submitit_parameters
 from nnunet_transfer.campaigns.execute import Outcome, TaskExecution, run_summary
 from nnunet_transfer.campaigns.spec import Campaign, ExecutorSpec, register_executor
-from nnunet_transfer.campaigns.tasks import Task
+from nnunet_transfer.campaigns.tasks import Task, TaskGraph
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
 from nnunet_transfer.errors import SlurmError  # defined in errors.py; importable from here as before
 
-__all__ = ["SlurmError", "SlurmExecutorSpec", "TaskJob", "run_slurm", "submitit_parameters"]
+__all__ = ["JobBatch", "SlurmError", "SlurmExecutorSpec", "TaskJob", "plan_jobs", "run_slurm", "submitit_parameters"]
 
 Echo = Callable[[str], None]
 
@@ -268,6 +268,40 @@ def _job_id() -> str:
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobBatch:
+    """Tasks submitted as one job (one task) or one array job (several), after the jobs of the tasks ``after``."""
+
+    tasks: tuple[Task, ...]
+    after: tuple[str, ...]  # ids of the tasks whose jobs these wait for (afterok)
+
+
+def plan_jobs(graph: TaskGraph, queued: Container[str] = ()) -> list[JobBatch]:
+    """The jobs a SLURM run submits for ``graph``, in its order: every task not done and not ``queued`` (ids of
+    tasks whose jobs an earlier run left in the queue); a task that only serves the tasks that need it (a prepare
+    step) only when one of those is submitted. Each waits for the jobs (submitted or queued) of the tasks it needs;
+    consecutive tasks of one kind and dataset that wait for the same jobs, and do not need each other, go in as one
+    array job: per target its prepare, an array of its folds, its find-best."""
+    fresh: set[str] = set()
+    for task in reversed(list(graph)):
+        if task.id in queued or task.done(graph):
+            continue
+        if not task.serves_dependents or any(d.id in fresh for d in graph.dependents(task)):
+            fresh.add(task.id)
+    batches: list[JobBatch] = []
+    for task in graph:
+        if task.id not in fresh:
+            continue
+        after = tuple(i for i in task.needs if i in fresh or i in queued)
+        last = batches[-1] if batches else None
+        if last is not None and (last.tasks[0].kind, last.tasks[0].dataset, last.after) == (
+                task.kind, task.dataset, after) and not set(task.needs) & {t.id for t in last.tasks}:
+            batches[-1] = JobBatch((*last.tasks, task), after)
+        else:
+            batches.append(JobBatch((task,), after))
+    return batches
+
+
 @dataclass
 class _Watched:
     """A submitted (or already queued) task and what was last shown of it."""
@@ -318,55 +352,29 @@ class _SlurmRun:
         ex.update_parameters(name=name, **params)
         return ex
 
-    def _to_submit(self, queued: dict[str, Any]) -> set[str]:
-        """Ids of the tasks to submit now: not done and not queued; a task that only serves the tasks that need it
-        (a prepare step: done when they are) only when one of them is submitted."""
-        fresh: set[str] = set()
-        for task in reversed(list(self.graph)):
-            if task.id in queued or task.done(self.graph):
-                continue
-            dependents = self.graph.dependents(task)
-            if not task.serves_dependents or any(d.id in fresh for d in dependents):
-                fresh.add(task.id)
-        return fresh
-
     def submit(self) -> None:
-        """Submit the graph's tasks not done yet in its order, each job after the jobs of the tasks it needs
-        (``afterok``); tasks of one kind and target with the same needs go in as one array job."""
+        """Submit the graph's tasks not done yet (:func:`plan_jobs`), each job after the jobs of the tasks it needs;
+        watch the jobs of an earlier run that are still queued instead of submitting them again."""
         queued = self._queued_jobs()
-        fresh = self._to_submit(queued)
+        batches = plan_jobs(self.graph, queued)
+        fresh = {t.id for b in batches for t in b.tasks}
+        numbers = {t.id: n for n, t in enumerate(self.graph, start=1)}
         watched: dict[str, _Watched] = {}
-        batch: list[tuple[int, Task]] = []
-        batch_after: tuple[str, ...] = ()
-
-        def flush() -> None:
-            if not batch:
-                return
-            first = batch[0][1]
-            after = f"afterok:{':'.join(batch_after)}" if batch_after else None
-            jobs = self._submit_many(f"{self.campaign.name}:{first.dataset}:{first.kind}", [t for _, t in batch],
-                                     after)
-            for (n, t), job in zip(batch, jobs, strict=True):
-                watched[t.id] = self._watch(n, t, job, queued, batch_after)
-            batch.clear()
-
-        for number, task in enumerate(self.graph, start=1):
+        for task in self.graph:
+            n = numbers[task.id]
             if task.id in queued:
-                flush()
-                watched[task.id] = self._watch(number, task, queued[task.id], queued, ())
-                continue
-            if task.id not in fresh:  # done, or it serves only tasks that are all queued or done
+                watched[task.id] = self._watch(n, task, queued[task.id], queued, ())
+            elif task.id not in fresh:  # done, or it serves only tasks that are all queued or done
                 self.finished += 1
                 what = "done already" if task.done(self.graph) else "done (the tasks that need it are queued)"
-                self.echo(f"[{number}/{self.total}] {task.label}: {what}")
-                continue
-            after = tuple(watched[i].job.job_id for i in task.needs if i in watched)
-            same = batch and (batch[-1][1].kind, batch[-1][1].dataset, batch_after) == (task.kind, task.dataset, after)
-            if not same or any(i in {t.id for _, t in batch} for i in task.needs):
-                flush()
-            batch.append((number, task))
-            batch_after = after
-        flush()
+                self.echo(f"[{n}/{self.total}] {task.label}: {what}")
+        for batch in batches:
+            after = tuple(watched[i].job.job_id for i in batch.after)
+            first = batch.tasks[0]
+            jobs = self._submit_many(f"{self.campaign.name}:{first.dataset}:{first.kind}", list(batch.tasks),
+                                     f"afterok:{':'.join(after)}" if after else None)
+            for t, job in zip(batch.tasks, jobs, strict=True):
+                watched[t.id] = self._watch(numbers[t.id], t, job, queued, after)
         for w in self.watched:
             for need in w.task.needs:
                 if need in watched:
