@@ -68,7 +68,7 @@ def test_a_registered_executor_runs_a_campaign(tmp_path, roots, capsys):
         finish_fold(t.fold_dir)
     lines: list[str] = []
     assert run_campaign(campaign, echo=lines.append) == 0  # everything done: the recorder skipped every task
-    assert ASKED == [("hi", "unit", [t.id for t in campaign.graph])]
+    assert [("hi", "unit", [t.id for t in campaign.graph])] == ASKED
     assert lines[-1] == "campaign unit: 8 tasks in 0:00 (recorded): 8 done (8 already)"
     # through the command line too; and the dry run and status are the executor's business no more than before
     assert main(["campaign", "run", str(path)]) == 0
