@@ -178,4 +178,4 @@ class _LocalRunner:
                            not_run=len(self.tasks) - len(self.results))
 
 
-register_executor("local", LocalExecutorSpec, run_local, where="on this machine")
+register_executor("local", LocalExecutorSpec, run_local)

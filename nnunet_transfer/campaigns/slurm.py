@@ -597,4 +597,4 @@ def run_slurm(campaign: Campaign, echo: Echo = print) -> int:
     return run.summary(time.monotonic() - start)
 
 
-register_executor("slurm", SlurmExecutorSpec, run_slurm, where="on SLURM")
+register_executor("slurm", SlurmExecutorSpec, run_slurm)

@@ -168,20 +168,19 @@ class ExecutorEntry:
     kind: str
     spec: type[ExecutorSpec]
     run: RunCampaign
-    where: str  # how the progress names where tasks run: "on this machine", "on SLURM"
 
 
 _EXECUTORS: dict[str, ExecutorEntry] = {}
 _REGISTRY_LOCK = threading.RLock()
 
 
-def register_executor(kind: str, spec: type[ExecutorSpec], run: RunCampaign, where: str | None = None) -> None:
+def register_executor(kind: str, spec: type[ExecutorSpec], run: RunCampaign) -> None:
     """Make ``executor: {kind: KIND, ...}`` in a campaign file run through ``run(campaign, echo)``, its section
     validated by ``spec`` (a subclass of :class:`ExecutorSpec`). Registering a kind again replaces it."""
     if not (isinstance(spec, type) and issubclass(spec, ExecutorSpec)):
         raise TypeError(f"register_executor({kind!r}): spec must be a subclass of ExecutorSpec, not {spec!r}")
     with _REGISTRY_LOCK:
-        _EXECUTORS[kind] = ExecutorEntry(kind, spec, run, where or f"with the {kind} executor")
+        _EXECUTORS[kind] = ExecutorEntry(kind, spec, run)
 
 
 def _load_entry_points(kind: str | None) -> None:
@@ -190,9 +189,13 @@ def _load_entry_points(kind: str | None) -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if kind is not None and ep.name != kind:
             continue
-        loaded = ep.load()  # a module registers itself on import; an ExecutorEntry is registered here
+        try:
+            loaded = ep.load()  # a module registers itself on import; an ExecutorEntry is registered here
+        except Exception as e:  # a broken plugin: one line naming it, not a traceback from inside pydantic
+            raise CampaignError(f"executor plugin {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP}) "
+                                f"cannot be loaded: {type(e).__name__}: {e}") from None
         if isinstance(loaded, ExecutorEntry):
-            register_executor(loaded.kind, loaded.spec, loaded.run, loaded.where)
+            register_executor(loaded.kind, loaded.spec, loaded.run)
 
 
 def executor_entry(kind: str) -> ExecutorEntry | None:
@@ -210,8 +213,8 @@ def executor_kinds() -> list[str]:
     """Every executor kind a campaign file may name: the built-in ones, the registered ones, the entry points'."""
     from importlib.metadata import entry_points
 
-    names = {*_BUILTIN, *_EXECUTORS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))}
-    return sorted(names, key=lambda k: (k not in _BUILTIN, list(_BUILTIN).index(k) if k in _BUILTIN else 0, k))
+    others = {*_EXECUTORS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))} - set(_BUILTIN)
+    return [*_BUILTIN, *sorted(others)]
 
 
 def _executor_section(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -222,11 +225,11 @@ def _executor_section(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     if not isinstance(value, dict):
         return handler(value)  # pydantic's own "should be a valid dictionary"
     kind = value.get("kind")
-    known = ", ".join(repr(k) for k in executor_kinds())
-    if kind is None:
-        raise PydanticCustomError("executor_kind", "kind missing (the executors: {known})", {"known": known})
     entry = executor_entry(kind) if isinstance(kind, str) else None
     if entry is None:
+        known = ", ".join(repr(k) for k in executor_kinds())
+        if kind is None:
+            raise PydanticCustomError("executor_kind", "kind missing (the executors: {known})", {"known": known})
         raise PydanticCustomError("executor_kind", "unknown kind {kind} (the executors: {known})",
                                   {"kind": repr(kind), "known": known})
     return entry.spec.model_validate(value)

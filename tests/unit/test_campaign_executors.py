@@ -47,7 +47,7 @@ def run_recording(campaign: Campaign, echo) -> int:
 
 @pytest.fixture(autouse=True)
 def registered():
-    register_executor("record", RecordSpec, run_recording, where="nowhere (recorded)")
+    register_executor("record", RecordSpec, run_recording)
     ASKED.clear()
     yield
 
