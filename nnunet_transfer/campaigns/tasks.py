@@ -13,6 +13,7 @@ that runs it: lock, log, failure record) and how status shows it (:meth:`Task.vi
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 from abc import ABC, abstractmethod
@@ -187,15 +188,15 @@ def _num_processes(env: Mapping[str, str]) -> str | None:
     return value if value and value.isdigit() else None
 
 
+_ERROR_LINE = re.compile(r"^(FAIL\b|nnunet-transfer \w+: error:|[\w.]*(Error|Exception|Exit)\b.*:|RuntimeError|"
+                         r"AssertionError)")
+
+
 def _error_line(text: str) -> str:
     """The line of a command's output that says what went wrong: the last exception or ``FAIL`` line, else the last
     non-empty line (at most 400 characters)."""
-    import re
-
-    pattern = re.compile(r"^(FAIL\b|nnunet-transfer \w+: error:|[\w.]*(Error|Exception|Exit)\b.*:|RuntimeError|"
-                         r"AssertionError)")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    found = [ln for ln in lines if pattern.match(ln)]
+    found = [ln for ln in lines if _ERROR_LINE.match(ln)]
     line = found[-1] if found else (lines[-1] if lines else "no output")
     return line if len(line) <= 400 else line[:397] + "..."
 
