@@ -15,6 +15,8 @@ __all__ = [
     "NonFiniteWeightsError",
     "PlansError",
     "RecipeError",
+    "ReportError",
+    "SlurmError",
     "TrainingStateError",
     "TransferError",
     "UnsafeCheckpointError",
@@ -71,3 +73,11 @@ class ArchitectureError(TransferError):
 
 class CampaignError(TransferError):
     """A campaign file is invalid (unknown key, wrong type, unknown dataset, missing checkpoint, trainer or recipe)."""
+
+
+class ReportError(TransferError):
+    """A campaign report cannot be written (its output folder cannot be created or is not a folder)."""
+
+
+class SlurmError(TransferError):
+    """SLURM cannot be used here (no ``sbatch``/``srun``), or a submission failed."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nnunet_transfer.core.io import atomic_path, write_text_atomic
-from nnunet_transfer.errors import TransferError
+from nnunet_transfer.errors import ReportError  # defined in errors.py; importable from here as before
 
 __all__ = [
     "CSV_COLUMNS",
@@ -47,10 +47,6 @@ BASELINE_ARM = "baseline"
 _NOT_STARTED, _IN_PROGRESS, _NOT_VALIDATED, _UNREADABLE = (
     "not started", "in progress", "trained, not validated", "summary unreadable")
 _EPOCH_LINE = re.compile(rb": Epoch (\d+)\s*$", re.MULTILINE)
-
-
-class ReportError(TransferError):
-    """The report cannot be written (the output folder is not a usable folder)."""
 
 
 class ReportTask(Protocol):

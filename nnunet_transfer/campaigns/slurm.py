@@ -1,5 +1,7 @@
-"""The SLURM executor, through submitit: per target its prepare task as one job, its folds as one array job that
-depends on it (``afterok``); each job runs the task as a local run does (:class:`TaskExecution`).
+"""The SLURM executor (``executor: {kind: slurm, ...}``), through submitit: each task of the campaign's graph as a
+job that depends (``afterok``) on the jobs of the tasks it needs. Per target: its prepare task as one job, its folds
+as one array job after it, its find-best step (``find_best:``) as one job after the folds. Each job runs its task as
+a local run does (:class:`TaskExecution`).
 
 Preemption and time limits: SLURM (or ``scancel --signal``) signals every process of the job's step, the training
 included; submitit catches SIGUSR2 (``#SBATCH --signal=USR2@<slurm_signal_delay_s>``, 90 s before the time limit,
@@ -9,9 +11,12 @@ or at a preemption) and calls :meth:`TaskJob.checkpoint`, which passes the reque
 the fold with ``--c``. A job is requeued after a time limit at most ``slurm_max_num_timeout`` times (submitit's
 default 3); preemptions do not count.
 
+A task that other tasks need and that does not end done makes its job fail (:class:`_NotDone`), so that SLURM never
+starts their jobs (``afterok``); the run cancels them and reports them blocked.
+
 The executor section takes submitit's own parameter names (``timeout_min``, ``cpus_per_task``, ``gpus_per_node``,
 ``mem_gb``, ``slurm_partition``, ``slurm_array_parallelism``, ``slurm_additional_parameters``...), checked against
-submitit itself when the campaign file is loaded.
+submitit itself when the campaign file is loaded (:mod:`nnunet_transfer.campaigns._submitit`).
 """
 
 from __future__ import annotations
@@ -19,28 +24,34 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import functools
-import inspect
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
+import submitit
+from pydantic import ConfigDict, TypeAdapter, ValidationError, model_validator
+from submitit.core.utils import DelayedSubmission, FailedJobError
+from submitit.helpers import Checkpointable
+from submitit.slurm.slurm import SlurmJob
 
-from nnunet_transfer.errors import TransferError
+from nnunet_transfer.campaigns._submitit import constructor_parameters, preemption_signal, submitit_parameters
+from nnunet_transfer.campaigns.execute import Outcome, TaskExecution, run_summary
+from nnunet_transfer.campaigns.spec import Campaign, ExecutorSpec, register_executor
+from nnunet_transfer.campaigns.tasks import Task, TaskGraph
+from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
+from nnunet_transfer.errors import SlurmError  # defined in errors.py; importable from here as before
 
-if TYPE_CHECKING:
-    from nnunet_transfer.campaigns.execute import Outcome
-    from nnunet_transfer.campaigns.spec import Campaign
-
-__all__ = ["SlurmError", "SlurmExecutorSpec", "TaskJob", "run_slurm", "submitit_parameters"]
+__all__ = ["JobBatch", "SlurmError", "SlurmExecutorSpec", "TaskJob", "plan_jobs", "run_slurm", "submitit_parameters"]
 
 Echo = Callable[[str], None]
 
@@ -62,26 +73,22 @@ ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONF
           "PREEMPTED"}
 
 
-class SlurmError(TransferError):
-    """SLURM cannot be used here (no ``sbatch``/``srun``), or a submission failed."""
+class _NotDone(RuntimeError):
+    """Raised by the job of a task that other tasks need when it did not end done: SLURM counts the job FAILED, so
+    that their jobs (``afterok``) never start. Not an error of the user's: the message is the task's outcome as JSON,
+    read back by the waiting run."""
 
-
-class PrepareFailed(RuntimeError):
-    """Raised by a prepare job whose task did not end done: SLURM counts the job FAILED, so that its folds' array
-    job (``afterok``) never starts. The message is the task's outcome as JSON (read back by the waiting run)."""
-
-    MARK = "PrepareFailed: "
+    MARK = "TaskNotDone: "
 
     @classmethod
-    def of(cls, outcome: Outcome) -> PrepareFailed:
-        return cls(json.dumps({"status": outcome.status, "message": outcome.message,
-                               "log": str(outcome.log) if outcome.log else None, "elapsed": outcome.elapsed}))
+    def of(cls, outcome: Outcome) -> _NotDone:
+        return cls(cls.MARK + json.dumps({"status": outcome.status, "message": outcome.message,
+                                          "log": str(outcome.log) if outcome.log else None,
+                                          "elapsed": outcome.elapsed}))
 
     @classmethod
     def outcome(cls, task_id: str, text: str) -> Outcome | None:
         """The outcome in a job's error text, or None."""
-        from nnunet_transfer.campaigns.execute import Outcome
-
         line = next((ln for ln in reversed(text.splitlines()) if cls.MARK in ln), None)
         if line is None:
             return None
@@ -94,34 +101,6 @@ class PrepareFailed(RuntimeError):
 
 
 # --- the executor section ------------------------------------------------------------------------------------------
-@functools.cache
-def submitit_parameters() -> dict[str, Any]:
-    """The keys the executor section may hold, each with the type submitit declares for it: AutoExecutor's generic
-    parameters (``timeout_min``...), and ``slurm_`` + each parameter of submitit's SlurmExecutor (its
-    ``update_parameters`` and its constructor: ``slurm_partition``, ``slurm_max_num_timeout``...)."""
-    from submitit import AutoExecutor
-    from submitit.slurm import slurm
-
-    generic: dict[str, Any] = dict(AutoExecutor._typed_parameters())
-    names: dict[str, Any] = dict(generic)
-    sbatch = inspect.signature(slurm._make_sbatch_string).parameters
-    for name in slurm.SlurmExecutor._valid_parameters():
-        names[f"slurm_{name}"] = sbatch[name].annotation if name in sbatch else Any
-    for name, kind in generic.items():  # AutoExecutor: slurm_<generic> overrides the generic one on SLURM
-        names.setdefault(f"slurm_{name}", kind)
-    for name, p in inspect.signature(slurm.SlurmExecutor.__init__).parameters.items():
-        if name not in ("self", "folder"):
-            names[f"slurm_{name}"] = p.annotation
-    return names
-
-
-def _constructor_parameters() -> set[str]:
-    from submitit.slurm import slurm
-
-    return {f"slurm_{n}" for n in inspect.signature(slurm.SlurmExecutor.__init__).parameters} - {
-        "slurm_self", "slurm_folder"}
-
-
 def _checked(kind: Any, value: Any) -> Any:
     """``value`` validated against submitit's declared type: scalars converted (``"60"`` -> 60), others as given."""
     converted = TypeAdapter(kind).validate_python(value)
@@ -140,7 +119,7 @@ def _unknown(key: str, known: dict[str, Any]) -> str:
             f"slurm_ followed by one of {', '.join(specific)})")
 
 
-class SlurmExecutorSpec(BaseModel):
+class SlurmExecutorSpec(ExecutorSpec):
     """``executor: {kind: slurm, ...}``: submitit's own parameter names (``slurm_partition``, ``timeout_min``...).
 
     ``folder``: where submitit keeps the jobs' scripts, pickles and logs (default ``<workdir>/slurm``; relative to
@@ -192,20 +171,18 @@ def _job_echo(line: str) -> None:
     print(line, flush=True)
 
 
-class TaskJob:
+class TaskJob(Checkpointable):
     """The callable a SLURM job runs: one task of the campaign (:meth:`TaskExecution.run`), returning its
-    :class:`Outcome`. Submitted as a submitit ``Checkpointable`` (:func:`_job_class`): on preemption or time limit
-    :meth:`checkpoint` stops the training with a checkpoint and hands submitit the same task to run again."""
+    :class:`Outcome`. A submitit ``Checkpointable``: on preemption or time limit :meth:`checkpoint` stops the training
+    with a checkpoint and hands submitit the same task to run again."""
 
     def __init__(self, campaign: Campaign, task_id: str, interrupt_timeout: float) -> None:
         self.campaign = campaign
         self.task_id = task_id
         self.interrupt_timeout = interrupt_timeout
-        self._execution: Any = None
+        self._execution: TaskExecution | None = None
 
     def __call__(self) -> Outcome:
-        from nnunet_transfer.campaigns.execute import TaskExecution
-
         restarts = _restart_count()
         _job_echo(f"{self.task_id}: SLURM job {_job_id()}, run {restarts + 1}" + (" (requeued)" if restarts else ""))
         self._execution = TaskExecution(self.campaign, self.task_id, echo=_job_echo)
@@ -225,16 +202,15 @@ class TaskJob:
             _job_echo(f"{self.task_id}: checkpoint written (the training stopped on a signal); requeued, it continues "
                       "with --c")
             sys.exit(-1)
-        if self.task_id.endswith("/prepare") and outcome.status not in ("done", "skipped"):
-            raise PrepareFailed.of(outcome)
+        graph = self.campaign.graph
+        if graph.dependents(graph.task(self.task_id)) and outcome.status not in ("done", "skipped"):
+            raise _NotDone.of(outcome)
         return outcome
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Called by submitit in the job's main thread on SIGUSR2 (preemption, time limit near): asks the running
         ``nnUNetv2_train`` to stop at the end of its epoch with a checkpoint, waits for it (at most
         ``interrupt_timeout`` seconds), and returns the task to run again after the requeue (``--c``)."""
-        from submitit.helpers import DelayedSubmission
-
         execution = self._execution
         if execution is not None:
             _job_echo(f"{self.task_id}: preempted or near the time limit: asking the training to save and stop "
@@ -244,7 +220,7 @@ class TaskJob:
                                              "no checkpoint written now (nothing was training, or it did not stop "
                                              "in time); requeued, it continues from its last checkpoint"))
         _ignore_requeue_signals()
-        return DelayedSubmission(_job_class()(self.campaign, self.task_id, self.interrupt_timeout))
+        return DelayedSubmission(TaskJob(self.campaign, self.task_id, self.interrupt_timeout))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -252,33 +228,15 @@ class TaskJob:
         return state
 
 
-@functools.cache
-def _job_class() -> type:
-    """:class:`TaskJob` as a ``submitit.helpers.Checkpointable``, made on first use so that importing this module
-    does not import submitit; reachable as ``slurm.CheckpointableTaskJob`` (jobs unpickle it by that name)."""
-    from submitit.helpers import Checkpointable
-
-    cls = type("CheckpointableTaskJob", (TaskJob, Checkpointable), {"__module__": __name__, "__doc__": TaskJob.__doc__})
-    cls.__qualname__ = "CheckpointableTaskJob"
-    return cls
-
-
-def __getattr__(name: str) -> Any:
-    if name == "CheckpointableTaskJob":
-        return _job_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: the name jobs submitted by earlier versions were pickled under
+CheckpointableTaskJob = TaskJob
 
 
 def _requeue_self() -> bool:
     """``scontrol requeue`` this job (as submitit does after a checkpoint); False when SLURM refuses (the job is
     cancelled: then it ends with its outcome). Submitit's preemption signal is ignored from now on: this run only
     ends."""
-    import os
-    import signal
-
-    from submitit.core.job_environment import JobEnvironment
-
-    signal.signal(JobEnvironment._usr_sig(), signal.SIG_IGN)
+    signal.signal(preemption_signal(), signal.SIG_IGN)
     _ignore_requeue_signals()
     job = _job_id()
     if job == "?" or not os.environ.get("SLURM_JOB_ID"):
@@ -294,21 +252,15 @@ def _ignore_requeue_signals() -> None:
     """Ignore SIGTERM from here on, in this process and the ``scontrol requeue`` it starts next: a requeue signals
     every process of the job, ``scontrol`` included, which could die before it reports the requeue done (submitit
     would then fail the job). The job only exits after the requeue."""
-    import signal
-
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _restart_count() -> int:
-    import os
-
     value = os.environ.get("SLURM_RESTART_COUNT", "0")
     return int(value) if value.isdigit() else 0
 
 
 def _job_id() -> str:
-    import os
-
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     if array:
         return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')}"
@@ -316,13 +268,47 @@ def _job_id() -> str:
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobBatch:
+    """Tasks submitted as one job (one task) or one array job (several), after the jobs of the tasks ``after``."""
+
+    tasks: tuple[Task, ...]
+    after: tuple[str, ...]  # ids of the tasks whose jobs these wait for (afterok)
+
+
+def plan_jobs(graph: TaskGraph, queued: Container[str] = ()) -> list[JobBatch]:
+    """The jobs a SLURM run submits for ``graph``, in its order: every task not done and not ``queued`` (ids of
+    tasks whose jobs an earlier run left in the queue); a task that only serves the tasks that need it (a prepare
+    step) only when one of those is submitted. Each waits for the jobs (submitted or queued) of the tasks it needs;
+    consecutive tasks of one kind and dataset that wait for the same jobs, and do not need each other, go in as one
+    array job: per target its prepare, an array of its folds, its find-best."""
+    fresh: set[str] = set()
+    for task in reversed(list(graph)):
+        if task.id in queued or task.done(graph):
+            continue
+        if not task.serves_dependents or any(d.id in fresh for d in graph.dependents(task)):
+            fresh.add(task.id)
+    batches: list[JobBatch] = []
+    for task in graph:
+        if task.id not in fresh:
+            continue
+        after = tuple(i for i in task.needs if i in fresh or i in queued)
+        last = batches[-1] if batches else None
+        if last is not None and (last.tasks[0].kind, last.tasks[0].dataset, last.after) == (
+                task.kind, task.dataset, after) and not set(task.needs) & {t.id for t in last.tasks}:
+            batches[-1] = JobBatch((*last.tasks, task), after)
+        else:
+            batches.append(JobBatch((task,), after))
+    return batches
+
+
 @dataclass
 class _Watched:
     """A submitted (or already queued) task and what was last shown of it."""
 
     number: int
-    task: Any
-    job: Any  # submitit SlurmJob
+    task: Task
+    job: SlurmJob[Any]
     shown: str = "queued"  # queued | running | ended
     runs: int = 0
     read: int = 0  # bytes of the job's stdout already read
@@ -333,7 +319,9 @@ class _Watched:
 class _SlurmRun:
     def __init__(self, campaign: Campaign, echo: Echo) -> None:
         spec = campaign.spec.executor
+        assert isinstance(spec, SlurmExecutorSpec)  # run_slurm is registered for kind slurm only
         self.campaign = campaign
+        self.graph = campaign.graph
         self.echo = echo
         self.params = spec.parameters
         folder = Path(spec.folder).expanduser() if spec.folder else campaign.workdir / "slurm"
@@ -342,16 +330,14 @@ class _SlurmRun:
         # submitit signals the job signal_delay_s before the time limit: leave a margin for its requeue
         self.interrupt_timeout = float(max(10, int(delay) - 15))
         self.watched: list[_Watched] = []
-        self.total = len(campaign.tasks)
+        self.total = len(self.graph)
         self.finished = 0
         self._last_sacct = float("-inf")
 
     # --- submission ---------------------------------------------------------------------------------------------
-    def _executor(self, name: str, dependency: str | None) -> Any:
-        import submitit
-
+    def _executor(self, name: str, dependency: str | None) -> submitit.AutoExecutor:
         params = dict(self.params)
-        ctor = {k: params.pop(k) for k in list(params) if k in _constructor_parameters()}
+        ctor = {k: params.pop(k) for k in list(params) if k in constructor_parameters()}
         extra = dict(params.pop("slurm_additional_parameters", None) or {})
         deps = [d for d in (extra.get("dependency"), params.pop("slurm_dependency", None), dependency) if d]
         if deps:
@@ -367,67 +353,54 @@ class _SlurmRun:
         return ex
 
     def submit(self) -> None:
-        from nnunet_transfer.campaigns.state import train_done
-
-        c = self.campaign
+        """Submit the graph's tasks not done yet (:func:`plan_jobs`), each job after the jobs of the tasks it needs;
+        watch the jobs of an earlier run that are still queued instead of submitting them again."""
         queued = self._queued_jobs()
-        number = 0
-        for prepare in c.prepare_tasks:
-            trains = c.trains_of(prepare)
-            numbered = list(enumerate(trains, start=number + 2))
-            todo = [(n, t) for n, t in numbered if not train_done(t)]
-            if not todo:
-                self.echo(f"[{number + 1}/{self.total}] {prepare.label}: done already (every fold is done)")
-            for n, t in numbered:
-                if (n, t) not in todo:
-                    self.echo(f"[{n}/{self.total}] {t.label}: done already")
-            prep_number = number + 1
-            number += 1 + len(trains)
-            self.finished += len(numbered) - len(todo) + (0 if todo else 1)
-            if not todo:
-                continue
-            name = f"{c.name}:{prepare.dataset}"
-            fresh = [t for _, t in todo if t.id not in queued]
-            prep: _Watched | None = None
-            if prepare.id in queued or fresh:
-                job = queued.get(prepare.id) or self._submit_one(f"{name}:prepare", prepare, None)
-                prep = self._watch(prep_number, prepare, job, queued)
-            else:  # every fold left is queued from an earlier run, after a prepare job that ended
+        batches = plan_jobs(self.graph, queued)
+        fresh = {t.id for b in batches for t in b.tasks}
+        numbers = {t.id: n for n, t in enumerate(self.graph, start=1)}
+        watched: dict[str, _Watched] = {}
+        for task in self.graph:
+            n = numbers[task.id]
+            if task.id in queued:
+                watched[task.id] = self._watch(n, task, queued[task.id], queued, ())
+            elif task.id not in fresh:  # done, or it serves only tasks that are all queued or done
                 self.finished += 1
-                self.echo(f"[{prep_number}/{self.total}] {prepare.label}: done (its folds are queued)")
-            # afterok: a bare job id would mean afterany to SLURM, and the folds could start after a failed prepare
-            after = f"afterok:{prep.job.job_id}" if prep else None
-            jobs = self._submit_many(f"{name}:train", fresh, after) if fresh else []
-            new = {t.id: j for t, j in zip(fresh, jobs, strict=True)}
-            for n, t in todo:
-                w = self._watch(n, t, queued.get(t.id) or new[t.id], queued)
-                if prep is not None:
-                    prep.dependents.append(w)
+                what = "done already" if task.done(self.graph) else "done (the tasks that need it are queued)"
+                self.echo(f"[{n}/{self.total}] {task.label}: {what}")
+        for batch in batches:
+            after = tuple(watched[i].job.job_id for i in batch.after)
+            first = batch.tasks[0]
+            jobs = self._submit_many(f"{self.campaign.name}:{first.dataset}:{first.kind}", list(batch.tasks),
+                                     f"afterok:{':'.join(after)}" if after else None)
+            for t, job in zip(batch.tasks, jobs, strict=True):
+                watched[t.id] = self._watch(numbers[t.id], t, job, queued, after)
+        for w in self.watched:
+            for need in w.task.needs:
+                if need in watched:
+                    watched[need].dependents.append(w)
 
-    def _submit_one(self, name: str, task: Any, dependency: str | None) -> Any:
-        return self._submit_many(name, [task], dependency)[0]
-
-    def _submit_many(self, name: str, tasks: list[Any], dependency: str | None) -> list[Any]:
-        import submitit
-
+    def _submit_many(self, name: str, tasks: list[Task], dependency: str | None) -> list[SlurmJob[Any]]:
         ex = self._executor(name, dependency)
-        cls = _job_class()
         jobs: list[Any] = []
         try:  # submitit prints sbatch's complaint too: our error says it once
             with contextlib.redirect_stderr(io.StringIO()):
                 if len(tasks) == 1:
-                    jobs = [ex.submit(cls(self.campaign, tasks[0].id, self.interrupt_timeout))]
+                    jobs = [ex.submit(TaskJob(self.campaign, tasks[0].id, self.interrupt_timeout))]
                 else:
                     with ex.batch():
-                        jobs = [ex.submit(cls(self.campaign, t.id, self.interrupt_timeout)) for t in tasks]
-        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
+                        jobs = [ex.submit(TaskJob(self.campaign, t.id, self.interrupt_timeout)) for t in tasks]
+        except (FailedJobError, subprocess.CalledProcessError, OSError) as e:
             raise SlurmError(f"{self.campaign.path}: sbatch refused the job {name}: {_last_line(str(e))}") from None
         return jobs
 
-    def _watch(self, number: int, task: Any, job: Any, queued: dict[str, Any]) -> _Watched:
+    def _watch(self, number: int, task: Task, job: SlurmJob[Any], queued: dict[str, Any],
+               after: tuple[str, ...]) -> _Watched:
         w = _Watched(number, task, job)
         self.watched.append(w)
-        dep = "" if not getattr(task, "prepare_id", None) else " after its prepare job"
+        nouns = sorted({n.noun for n in self.graph.needs(task)})
+        bases = sorted({j.split("_")[0] for j in after}, key=lambda j: (len(j), j))
+        dep = f" after its {'/'.join(nouns)} job{'s' if len(bases) > 1 else ''} {', '.join(bases)}" if after else ""
         what = "already in the queue as" if task.id in queued else "submitted as"
         self.echo(f"[{number}/{self.total}] {task.label}: {what} SLURM job {job.job_id}{dep}")
         return w
@@ -436,9 +409,6 @@ class _SlurmRun:
         """Tasks of this campaign whose jobs (from an earlier ``campaign run``) are still pending or running: found
         through ``squeue`` and the job's submission pickle in our submitit folder; they are watched, not submitted
         again."""
-        from submitit.core.utils import DelayedSubmission
-        from submitit.slurm.slurm import SlurmJob
-
         try:
             out = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i"], capture_output=True, text=True,
                                  timeout=60)
@@ -453,10 +423,9 @@ class _SlurmRun:
                 function = DelayedSubmission.load(pickle).function
             except Exception:  # not ours, or from another version: leave it alone
                 continue
-            task_id = getattr(function, "task_id", None)
-            if isinstance(function, TaskJob) and task_id and getattr(function.campaign, "path", None) == \
-                    self.campaign.path:
-                found[task_id] = SlurmJob(folder=self.folder, job_id=job_id)
+            if isinstance(function, TaskJob) and function.task_id in self.graph and \
+                    getattr(function.campaign, "path", None) == self.campaign.path:
+                found[function.task_id] = SlurmJob(folder=self.folder, job_id=job_id)
         return found
 
     # --- waiting ------------------------------------------------------------------------------------------------
@@ -481,16 +450,12 @@ class _SlurmRun:
 
     def _sacct(self, interval: float) -> None:
         """Ask sacct about every job at once if the last time was ``interval`` seconds ago or more."""
-        from submitit.slurm.slurm import SlurmJob
-
         now = time.monotonic()
         if now - self._last_sacct >= interval:
             SlurmJob.watcher.update()
             self._last_sacct = now
 
     def _state(self, w: _Watched) -> str:
-        from submitit.slurm.slurm import SlurmJob
-
         return SlurmJob.watcher.get_state(w.job.job_id, mode="cache").split(" ")[0]
 
     def _news(self, w: _Watched) -> None:
@@ -528,24 +493,26 @@ class _SlurmRun:
                           + ("the checkpoint it just wrote" if saved else "its last checkpoint"))
 
     def _ended(self, w: _Watched, state: str) -> None:
-        from nnunet_transfer.campaigns.execute import Outcome
-
         try:
             outcome = w.job.result()
             if not isinstance(outcome, Outcome):
                 raise TypeError(f"the job returned {outcome!r}")
         except Exception as e:  # the job died (cancelled, out of memory, node failure) or raised
-            outcome = PrepareFailed.outcome(w.task.id, str(e)) or Outcome(
+            outcome = _NotDone.outcome(w.task.id, str(e)) or Outcome(
                 w.task.id, "failed", f"SLURM job {w.job.job_id} ended {state or 'without a result'}: {_job_error(e)} "
                 f"(job log: {w.job.paths.stderr})", self.campaign.log_path(w.task), 0.0)
         self._finish(w, outcome)
         if outcome.status not in ("done", "skipped"):
-            # a failed prepare: its folds never start (afterok), cancel them
-            blocked = [d for d in w.dependents if d.shown != "ended" and not d.job.paths.result_pickle.exists()]
-            self._cancel([d.job.job_id for d in blocked])
-            for d in blocked:
-                self._finish(d, Outcome(d.task.id, "blocked", f"its prepare step {outcome.status}: "
-                                        f"{outcome.message}", None, 0.0), " cancelled")
+            self._block(w, outcome)
+
+    def _block(self, w: _Watched, outcome: Outcome) -> None:
+        """The tasks that need ``w``'s never start (afterok): cancel their jobs, report them blocked, and theirs."""
+        blocked = [d for d in w.dependents if d.shown != "ended" and not d.job.paths.result_pickle.exists()]
+        self._cancel([d.job.job_id for d in blocked])
+        for d in blocked:
+            o = Outcome(d.task.id, "blocked", f"its {w.task.noun} step {outcome.status}: {outcome.message}", None, 0.0)
+            self._finish(d, o, " cancelled")
+            self._block(d, o)
 
     def _cancel(self, job_ids: list[str]) -> None:
         """``scancel`` these jobs, a whole array by its id when all its tasks are among them (cancelling one task of a
@@ -573,18 +540,12 @@ class _SlurmRun:
 
     # --- the end ------------------------------------------------------------------------------------------------
     def summary(self, elapsed: float) -> int:
-        from collections import Counter
-
-        from nnunet_transfer.campaigns.execute import run_summary
-
         counts = Counter(w.outcome.status for w in self.watched if w.outcome is not None)
         return run_summary(self.campaign, counts, self.total, elapsed, self.echo,
                            already=self.total - len(self.watched), where=" on SLURM",
                            left_why="stopped without a requeue")
 
     def detach(self) -> int:
-        from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
-
         running = [w for w in self.watched if w.shown != "ended"]
         ids = sorted({w.job.job_id.split("_")[0] for w in running})
         self.echo(f"campaign {self.campaign.name}: stopped waiting; {len(running)} tasks keep running on SLURM (jobs "
@@ -618,9 +579,8 @@ def run_slurm(campaign: Campaign, echo: Echo = print) -> int:
     run = _SlurmRun(campaign, echo)
     run._executor("check", None)  # SlurmError now if SLURM is not usable here
     campaign.workdir.mkdir(parents=True, exist_ok=True)
-    n_train = len(campaign.train_tasks)
-    echo(f"campaign {campaign.name}: {run.total} tasks ({run.total - n_train} prepare, {n_train} train) on SLURM; "
-         f"jobs in {run.folder}, logs in {campaign.workdir / 'logs'}")
+    echo(f"campaign {campaign.name}: {run.total} tasks ({campaign.graph.counts()}) on SLURM; jobs in {run.folder}, "
+         f"logs in {campaign.workdir / 'logs'}")
     start = time.monotonic()
     try:
         try:
@@ -635,3 +595,6 @@ def run_slurm(campaign: Campaign, echo: Echo = print) -> int:
     except KeyboardInterrupt:
         return run.detach()
     return run.summary(time.monotonic() - start)
+
+
+register_executor("slurm", SlurmExecutorSpec, run_slurm)

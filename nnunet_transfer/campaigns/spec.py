@@ -16,29 +16,49 @@ A campaign file::
       - {dataset: Dataset903_Brain, folds: [0, 1]}
     baseline: {trainer: nnUNetTrainer}
     find_best: {ensembling: true}     # optional: nnUNetv2_find_best_configuration per target once its folds are done
-    executor: {kind: local}
+    executor: {kind: local}           # local | slurm | any kind registered with register_executor
+
+Executors: each ``executor.kind`` is registered with :func:`register_executor` (its schema, the pydantic model of
+the ``executor:`` section, and the function that runs a campaign), beside the executor itself: the built-in ones in
+:mod:`~nnunet_transfer.campaigns.local` and :mod:`~nnunet_transfer.campaigns.slurm`, others from any module (or an
+entry point of the group ``nnunet_transfer.executors``, as submitit finds its plugins).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from nnunet_transfer.campaigns.slurm import SlurmExecutorSpec
 from nnunet_transfer.campaigns.tasks import (
+    OWN_PLANS,
     Arm,
     FindBestTask,
     PlansMode,
     PrepareTask,
     Target,
+    Task,
+    TaskGraph,
     TrainTask,
-    expand_find_best,
-    expand_tasks,
+    build_graph,
     task_slug,
 )
 from nnunet_transfer.core.io import parse_yaml_mapping
@@ -49,14 +69,18 @@ __all__ = [
     "BaselineSpec",
     "Campaign",
     "CampaignSpec",
+    "ENTRY_POINT_GROUP",
+    "ExecutorEntry",
+    "ExecutorSpec",
     "FindBestSpec",
-    "LocalExecutorSpec",
     "OWN_PLANS",
     "TargetSpec",
+    "executor_entry",
+    "executor_kinds",
     "load_campaign",
+    "register_executor",
 ]
 
-OWN_PLANS = "nnUNetPlans"
 #: configurations nnUNetv2_plan_and_preprocess makes (others need an existing plans file that has them)
 STOCK_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -112,23 +136,110 @@ class FindBestSpec(BaseModel):
         return arms
 
 
-class LocalExecutorSpec(BaseModel):
-    """``executor: {kind: local}``: tasks one after the other; with ``gpus``, one fold per GPU at a time."""
+# --- executors --------------------------------------------------------------------------------------------------
+class ExecutorSpec(BaseModel):
+    """The base of an executor's schema: the ``executor:`` section of a campaign file, ``kind`` naming the executor.
+    A subclass per executor (beside it) adds its keys; unknown keys are errors unless it allows them."""
 
     model_config = _FORBID
 
-    kind: Literal["local"]
-    gpus: Annotated[tuple[Annotated[StrictInt, Field(ge=0)], ...], Field(min_length=1)] | None = None
+    kind: str
 
-    @field_validator("gpus")
-    @classmethod
-    def _unique(cls, gpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if gpus is not None and len(set(gpus)) != len(gpus):
-            raise ValueError(f"a GPU is listed twice: {list(gpus)}")
-        return gpus
+    def names_gpus(self) -> bool:
+        """Whether the section names GPUs for the tasks (``device: auto`` is then ``cuda``)."""
+        return False
 
 
-Executor = Annotated[LocalExecutorSpec | SlurmExecutorSpec, Field(discriminator="kind")]
+Echo = Callable[[str], None]
+#: ``run(campaign, echo)``: run the campaign's tasks not done yet, print progress through ``echo``, return the exit
+#: status (0 all done, 1 something failed or is blocked, 75 tasks left to another run)
+RunCampaign = Callable[["Campaign", Echo], int]
+#: entry points of this group are loaded (a module that calls register_executor, or an ExecutorEntry) when a
+#: campaign names a kind not registered yet
+ENTRY_POINT_GROUP = "nnunet_transfer.executors"
+#: the built-in executors: their modules register them when imported
+_BUILTIN = {"local": "nnunet_transfer.campaigns.local", "slurm": "nnunet_transfer.campaigns.slurm"}
+
+
+@dataclass(frozen=True)
+class ExecutorEntry:
+    """A registered executor: its ``kind``, its schema and the function that runs a campaign with it."""
+
+    kind: str
+    spec: type[ExecutorSpec]
+    run: RunCampaign
+
+
+_EXECUTORS: dict[str, ExecutorEntry] = {}
+_REGISTRY_LOCK = threading.RLock()
+
+
+def register_executor(kind: str, spec: type[ExecutorSpec], run: RunCampaign) -> None:
+    """Make ``executor: {kind: KIND, ...}`` in a campaign file run through ``run(campaign, echo)``, its section
+    validated by ``spec`` (a subclass of :class:`ExecutorSpec`). Registering a kind again replaces it."""
+    if not (isinstance(spec, type) and issubclass(spec, ExecutorSpec)):
+        raise TypeError(f"register_executor({kind!r}): spec must be a subclass of ExecutorSpec, not {spec!r}")
+    with _REGISTRY_LOCK:
+        _EXECUTORS[kind] = ExecutorEntry(kind, spec, run)
+
+
+def _load_entry_points(kind: str | None) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if kind is not None and ep.name != kind:
+            continue
+        try:
+            loaded = ep.load()  # a module registers itself on import; an ExecutorEntry is registered here
+        except Exception as e:  # a broken plugin: one line naming it, not a traceback from inside pydantic
+            raise CampaignError(f"executor plugin {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP}) "
+                                f"cannot be loaded: {type(e).__name__}: {e}") from None
+        if isinstance(loaded, ExecutorEntry):
+            register_executor(loaded.kind, loaded.spec, loaded.run)
+
+
+def executor_entry(kind: str) -> ExecutorEntry | None:
+    """The executor registered for ``kind`` (a built-in one's module, or an entry point of that name, is imported
+    on first use); None when there is none."""
+    with _REGISTRY_LOCK:
+        if kind not in _EXECUTORS and kind in _BUILTIN:
+            importlib.import_module(_BUILTIN[kind])
+        if kind not in _EXECUTORS:
+            _load_entry_points(kind)
+        return _EXECUTORS.get(kind)
+
+
+def executor_kinds() -> list[str]:
+    """Every executor kind a campaign file may name: the built-in ones, the registered ones, the entry points'."""
+    from importlib.metadata import entry_points
+
+    others = {*_EXECUTORS, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))} - set(_BUILTIN)
+    return [*_BUILTIN, *sorted(others)]
+
+
+def _executor_section(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """The ``executor:`` section validated by the schema of its ``kind`` (its errors keep their place:
+    ``executor.gpus[0]``); an unknown or missing kind is one error listing the known ones."""
+    if isinstance(value, ExecutorSpec):
+        return value
+    if not isinstance(value, dict):
+        return handler(value)  # pydantic's own "should be a valid dictionary"
+    kind = value.get("kind")
+    entry = executor_entry(kind) if isinstance(kind, str) else None
+    if entry is None:
+        known = ", ".join(repr(k) for k in executor_kinds())
+        if kind is None:
+            raise PydanticCustomError("executor_kind", "kind missing (the executors: {known})", {"known": known})
+        raise PydanticCustomError("executor_kind", "unknown kind {kind} (the executors: {known})",
+                                  {"kind": repr(kind), "known": known})
+    return entry.spec.model_validate(value)
+
+
+def _local_executor() -> ExecutorSpec:
+    """The default ``executor: {kind: local}``."""
+    entry = executor_entry("local")
+    assert entry is not None  # built in
+    return entry.spec(kind="local")
 
 
 class CampaignSpec(BaseModel):
@@ -147,7 +258,7 @@ class CampaignSpec(BaseModel):
     targets: Annotated[tuple[TargetSpec, ...], Field(min_length=1)]
     baseline: BaselineSpec | None = None
     find_best: FindBestSpec | None = None
-    executor: Executor = LocalExecutorSpec(kind="local")
+    executor: Annotated[ExecutorSpec, WrapValidator(_executor_section)] = Field(default_factory=_local_executor)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workdir: str | None = None
 
@@ -168,7 +279,8 @@ class CampaignSpec(BaseModel):
 
 @dataclass(frozen=True)
 class Campaign:
-    """A validated campaign: its file, spec, state folder (``workdir``) and tasks."""
+    """A validated campaign: its file, spec, state folder (``workdir``) and its task graph (built once, shared by
+    every executor)."""
 
     path: Path
     spec: CampaignSpec
@@ -180,9 +292,7 @@ class Campaign:
     recipes: dict[Arm, str | None]
     #: the recipe whose loader options the compatibility check uses (the fine-tune arm's recipe in force)
     check_recipe: str | None
-    prepare_tasks: list[PrepareTask] = field(default_factory=list)
-    train_tasks: list[TrainTask] = field(default_factory=list)
-    find_best_tasks: list[FindBestTask] = field(default_factory=list)
+    graph: TaskGraph
 
     @property
     def name(self) -> str:
@@ -190,39 +300,41 @@ class Campaign:
         return self.spec.name
 
     @property
-    def tasks(self) -> list[PrepareTask | TrainTask | FindBestTask]:
+    def tasks(self) -> list[Task]:
         """Every task in the order a local run takes them: each target's prepare, its train tasks, its find-best."""
-        out: list[PrepareTask | TrainTask | FindBestTask] = []
-        for p in self.prepare_tasks:
-            out.append(p)
-            out.extend(self.trains_of(p))
-            out.extend(f for f in self.find_best_tasks if f.prepare_id == p.id)
-        return out
+        return list(self.graph)
 
-    def task(self, task_id: str) -> PrepareTask | TrainTask | FindBestTask:
+    @property
+    def prepare_tasks(self) -> list[PrepareTask]:
+        return self.graph.of_type(PrepareTask)
+
+    @property
+    def train_tasks(self) -> list[TrainTask]:
+        return self.graph.of_type(TrainTask)
+
+    @property
+    def find_best_tasks(self) -> list[FindBestTask]:
+        return self.graph.of_type(FindBestTask)
+
+    def task(self, task_id: str) -> Task:
         """The task of that id; CampaignError when the campaign has none."""
-        for t in (*self.prepare_tasks, *self.train_tasks, *self.find_best_tasks):
-            if t.id == task_id:
-                return t
-        raise CampaignError(f"{self.path}: no task {task_id!r} in campaign {self.name}")
+        if task_id not in self.graph:
+            raise CampaignError(f"{self.path}: no task {task_id!r} in campaign {self.name}")
+        return self.graph.task(task_id)
 
     def trains_of(self, prepare: PrepareTask) -> list[TrainTask]:
         """The train tasks that need ``prepare`` (its target's folds, every configuration and arm)."""
-        return [t for t in self.train_tasks if t.prepare_id == prepare.id]
+        return self.graph.dependents(prepare, TrainTask)
 
-    def needs_npz(self, task: TrainTask) -> bool:
-        """True when a find-best step ensembles this fold's validation probabilities (``nnUNetv2_train --npz``)."""
-        return any(f.ensembling and task.id in f.train_ids for f in self.find_best_tasks)
-
-    def log_path(self, task: PrepareTask | TrainTask | FindBestTask) -> Path:
+    def log_path(self, task: Task) -> Path:
         """``<workdir>/logs/<task>.log``: the output of every command the task ran, appended."""
         return self.workdir / "logs" / f"{task.slug}.log"
 
-    def lock_path(self, task: PrepareTask | TrainTask | FindBestTask) -> Path:
+    def lock_path(self, task: Task) -> Path:
         """``<workdir>/locks/<task>.lock`` (see :mod:`nnunet_transfer.campaigns.locks`)."""
         return self.workdir / "locks" / f"{task.slug}.lock"
 
-    def failure_path(self, task: PrepareTask | TrainTask | FindBestTask | str) -> Path:
+    def failure_path(self, task: Task | str) -> Path:
         """``<workdir>/failures/<task>.json`` (a task or a task id): there while the task fails."""
         slug = task if isinstance(task, str) else task.slug
         return self.workdir / "failures" / f"{task_slug(slug)}.json"
@@ -232,11 +344,9 @@ class Campaign:
 def _loc(loc: tuple[Any, ...]) -> str:
     """pydantic's error location as the user wrote it: ``targets[1].folds``, ``executor.gpus[0]``."""
     out = ""
-    for i, part in enumerate(loc):
+    for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif i > 0 and loc[i - 1] == "executor" and part in ("local", "slurm"):
-            continue  # the discriminated union's tag
         else:
             out += ("." if out else "") + str(part)
     return out or "<top level>"
@@ -435,19 +545,14 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
                                         "(pretrained.required or pretrained.checkpoint): a baseline trains from "
                                         "scratch; use nnUNetTrainer or a recipe with pretrained.required: false")
 
-    prepares, trains = expand_tasks(targets, trainers, roots.results)
-    find_best: list[FindBestTask] = []
+    find_best = None
     if spec.find_best is not None:
         missing = [a for a in spec.find_best.arms if a not in trainers]
         if missing:
             raise check.fail("find_best.arms", f"{', '.join(missing)}: the campaign has no such arm (add a baseline, "
                                                "or list only finetune)")
-        if spec.executor.kind != "local":
-            raise check.fail("find_best", "runs with the local executor only; run nnUNetv2_find_best_configuration "
-                                          "yourself after the SLURM jobs")
-        find_best = expand_find_best(prepares, trains, targets, spec.find_best.arms, spec.find_best.ensembling,
-                                     roots.results)
+        find_best = (spec.find_best.arms, spec.find_best.ensembling)
+    check_as = None if check_recipe is None else str(check_recipe)
+    graph = build_graph(targets, trainers, recipes, pretrained, check_as, roots.results, find_best)
     return Campaign(path=path, spec=spec, workdir=workdir, pretrained=pretrained, targets=tuple(targets),
-                    trainers=trainers, recipes=recipes,
-                    check_recipe=None if check_recipe is None else str(check_recipe),
-                    prepare_tasks=prepares, train_tasks=trains, find_best_tasks=find_best)
+                    trainers=trainers, recipes=recipes, check_recipe=check_as, graph=graph)

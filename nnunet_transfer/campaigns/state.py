@@ -28,14 +28,15 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from nnunet_transfer.campaigns.tasks import PrepareTask, TrainTask
 from nnunet_transfer.errors import PlansError
 
 __all__ = [
     "CHECKPOINTS",
+    "Fold",
     "PrepareState",
+    "TargetData",
     "TrainState",
     "checkpoint_readable",
     "configuration_data_identifier",
@@ -51,6 +52,26 @@ SUMMARY = Path("validation") / "summary.json"
 LOAD_REPORT = "pretrained_load_report.json"  # written by the AdaptiveFT trainers when a new training starts
 
 TrainKind = Literal["done", "validate", "continue", "new"]
+
+
+class Fold(Protocol):
+    """What a fold's state is read from (a :class:`~nnunet_transfer.campaigns.tasks.TrainTask`)."""
+
+    @property
+    def fold_dir(self) -> Path: ...
+
+
+class TargetData(Protocol):
+    """What a target's prepared data is read from (a :class:`~nnunet_transfer.campaigns.tasks.PrepareTask`)."""
+
+    @property
+    def dataset(self) -> str: ...
+
+    @property
+    def plans(self) -> str: ...
+
+    @property
+    def configurations(self) -> tuple[str, ...]: ...
 
 
 def checkpoint_readable(path: Path) -> bool:
@@ -77,12 +98,12 @@ class TrainState:
         return {"validate": "--val", "continue": "--c"}.get(self.kind)
 
 
-def train_done(task: TrainTask) -> bool:
+def train_done(task: Fold) -> bool:
     """Whether nnU-Net finished the fold: ``checkpoint_final.pth`` and ``validation/summary.json``."""
     return (task.fold_dir / FINAL).is_file() and (task.fold_dir / SUMMARY).is_file()
 
 
-def train_state(task: TrainTask) -> TrainState:
+def train_state(task: Fold) -> TrainState:
     """The fold's state from its files (reads only; unreadable checkpoints are reported, not moved)."""
     d = task.fold_dir
     unreadable = tuple(d / n for n in CHECKPOINTS if (d / n).is_file() and not checkpoint_readable(d / n))
@@ -161,7 +182,7 @@ def _cases(folder: Path, suffix: str) -> set[str]:
     return {p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}")} if folder.is_dir() else set()
 
 
-def prepare_state(task: PrepareTask, preprocessed_root: Path, raw_root: Path) -> PrepareState:
+def prepare_state(task: TargetData, preprocessed_root: Path, raw_root: Path) -> PrepareState:
     """The target's data against its raw dataset (reads only)."""
     from nnunet_transfer.nnunet.datasets import raw_case_identifiers, read_json
 

@@ -1,32 +1,66 @@
-"""A campaign's tasks: per target and plans one :class:`PrepareTask`, per target x configuration x arm x fold one
-:class:`TrainTask`, and with ``find_best`` per target one :class:`FindBestTask` after its folds. Tasks are plain
-values (what to do, where nnU-Net keeps the result); what is already done is read from nnU-Net's files when needed
-(:mod:`nnunet_transfer.campaigns.state`), never stored in a task.
+"""A campaign's tasks and their graph, built once from the campaign file and consumed by every executor.
+
+Per target and plans one :class:`PrepareTask`; per target x configuration x arm x fold one :class:`TrainTask` that
+needs it; with ``find_best`` per target one :class:`FindBestTask` that needs the target's folds. :class:`TaskGraph`
+holds them in the order a local run takes them (each target's prepare, its folds, its find-best) with each task's
+dependencies; every executor walks the same graph (the local one in that order, SLURM as jobs that depend on their
+needs' jobs).
+
+Each task kind answers for itself: what it needs (:attr:`Task.needs`), whether it is done (:meth:`Task.done`, read
+from nnU-Net's files every time, never stored), what a run of it does (:meth:`Task.run`, through the :class:`Step`
+that runs it: lock, log, failure record) and how status shows it (:meth:`Task.view`). A new kind is one class here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+import shlex
+import signal
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+from nnunet_transfer.campaigns.state import (
+    PrepareState,
+    TrainState,
+    move_aside,
+    prepare_state,
+    train_done,
+    train_state,
+)
+from nnunet_transfer.core.commands import console_script
+from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
+from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR
 
 __all__ = [
     "ARMS",
+    "OWN_PLANS",
     "Arm",
     "FindBestTask",
     "PlansMode",
     "PrepareTask",
+    "Status",
+    "Step",
     "Target",
+    "Task",
+    "TaskFailure",
+    "TaskGraph",
+    "TaskView",
     "TrainTask",
-    "expand_find_best",
-    "expand_tasks",
+    "build_graph",
+    "shown_command",
     "task_slug",
 ]
 
 Arm = Literal["finetune", "baseline"]
 PlansMode = Literal["own", "transfer"]
+Status = Literal["done", "skipped", "failed", "preempted", "busy", "blocked"]
 ARMS: tuple[Arm, ...] = ("finetune", "baseline")
+OWN_PLANS = "nnUNetPlans"
+T = TypeVar("T", bound="Task")
 
 
 def task_slug(task_id: str) -> str:
@@ -48,10 +82,145 @@ class Target:
 
 
 @dataclass(frozen=True)
-class PrepareTask:
-    """Plan and preprocess (own plans) or transfer plans (which preprocesses), then the compatibility check."""
+class TaskView:
+    """A task as ``campaign status`` and ``--dry-run`` show it: ``state``, ``detail`` and the command(s) a run would
+    start now (empty when none)."""
+
+    task: Task
+    state: str
+    detail: str
+    commands: tuple[str, ...] = ()
+
+
+class TaskFailure(Exception):
+    """A step of a task failed: raised by :meth:`Task.run`, turned into the task's failure record by its runner."""
+
+    def __init__(self, message: str, command: Sequence[str] | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.command = command
+        self.exit_code = exit_code
+
+
+class Step(Protocol):
+    """What a task's :meth:`Task.run` gets from whoever runs it (:class:`~nnunet_transfer.campaigns.execute.
+    TaskExecution`, with the task's lock held): its graph, the environment and device for its commands, a way to run
+    a command into the task's log, and the failure records of the tasks it needs."""
+
+    @property
+    def graph(self) -> TaskGraph: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def interrupted(self) -> bool: ...
+
+    def env(self) -> dict[str, str]: ...
+
+    def command(self, cmd: list[str], env: Mapping[str, str]) -> tuple[int, str]: ...
+
+    def say(self, line: str) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def failed_need(self) -> tuple[Task, dict[str, Any]] | None: ...
+
+
+class Task(ABC):
+    """One unit of a campaign: a frozen value (what to do, where nnU-Net keeps the result) that answers for itself.
+
+    Class attributes: ``kind`` (its failure records' ``kind``), ``noun`` (how counts name it: ``2 prepare``),
+    ``waits_for_lock`` (a second run waits for it rather than skip it as busy), ``serves_dependents`` (it exists for
+    the tasks that need it: done when they are; an executor need not start it for tasks started elsewhere),
+    ``timed`` (its times make the estimate of what is left), ``interruptible`` (its command saves a checkpoint and
+    stops on SIGUSR1)."""
+
+    kind: ClassVar[str]
+    noun: ClassVar[str]
+    waits_for_lock: ClassVar[bool] = False
+    serves_dependents: ClassVar[bool] = False
+    timed: ClassVar[bool] = False
+    interruptible: ClassVar[bool] = False
+
+    id: str
+    dataset: str
+    dataset_id: int
+
+    @property
+    def slug(self) -> str:
+        """The id as a file name (see :func:`task_slug`)."""
+        return task_slug(self.id)
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """How progress lines name the task."""
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Ids of the tasks that must end before this one starts (they come earlier in the graph)."""
+        return ()
+
+    @abstractmethod
+    def done(self, graph: TaskGraph) -> bool:
+        """Whether there is nothing left to do, from nnU-Net's files."""
+
+    @abstractmethod
+    def run(self, step: Step) -> tuple[Status, str]:
+        """Do what is left (its lock held); returns the status (``done``, ``skipped``, ``blocked``, ``preempted``)
+        and one line; raises :class:`TaskFailure` when a step fails."""
+
+    @abstractmethod
+    def view(self, graph: TaskGraph, env: Mapping[str, str], device: str) -> TaskView:
+        """Its state from the files (done, or what is left and the commands that would do it); reads only. The
+        runner's states (running, failed, blocked) are added by :func:`~nnunet_transfer.campaigns.execute.
+        describe_task`."""
+
+
+def shown_command(cmd: Sequence[str], env: Mapping[str, str], names: Iterable[str] = ()) -> str:
+    """The command as a shell line, with ``names`` (and the recipe variable, when set) from ``env`` in front."""
+    keys = [*names, *([RECIPE_ENV_VAR] if env.get(RECIPE_ENV_VAR) else [])]
+    return " ".join([*(f"{k}={shlex.quote(env[k])}" for k in dict.fromkeys(keys) if k in env), shlex.join(cmd)])
+
+
+def _num_processes(env: Mapping[str, str]) -> str | None:
+    value = env.get("nnUNet_def_n_proc")
+    return value if value and value.isdigit() else None
+
+
+_ERROR_LINE = re.compile(r"^(FAIL\b|nnunet-transfer \w+: error:|[\w.]*(Error|Exception|Exit)\b.*:|RuntimeError|"
+                         r"AssertionError)")
+
+
+def _error_line(text: str) -> str:
+    """The line of a command's output that says what went wrong: the last exception or ``FAIL`` line, else the last
+    non-empty line (at most 400 characters)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    found = [ln for ln in lines if _ERROR_LINE.match(ln)]
+    line = found[-1] if found else (lines[-1] if lines else "no output")
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
+def _roots() -> Any:
+    from nnunet_transfer.nnunet.datasets import NnUNetRoots
+
+    roots = NnUNetRoots.resolve()
+    roots.require("raw")
+    roots.require("preprocessed")
+    return roots
+
+
+# --- the kinds ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrepareTask(Task):
+    """Plan and preprocess (own plans) or transfer plans (which preprocesses), then the compatibility check of the
+    fine-tuning (``nnunet-transfer check``) for each configuration with folds left. Done when every fold that needs it
+    is done; a second run waits for it instead of skipping it."""
 
     kind: ClassVar[str] = "prepare"
+    noun: ClassVar[str] = "prepare"
+    waits_for_lock: ClassVar[bool] = True
+    serves_dependents: ClassVar[bool] = True
 
     id: str  # Dataset902_TwoCh/nnUNetPlans/prepare
     dataset: str
@@ -59,22 +228,121 @@ class PrepareTask:
     plans: str
     configurations: tuple[str, ...]
     mode: PlansMode
-
-    @property
-    def slug(self) -> str:
-        return task_slug(self.id)
+    pretrained: Path  # transferred plans come from it; the check loads it
+    check_trainer: str  # the fine-tune arm's trainer
+    check_recipe: str | None  # the recipe whose loader options the check uses (None: the trainer's own)
 
     @property
     def label(self) -> str:
-        """How progress lines name the task."""
         return f"{self.dataset} {self.plans} prepare"
+
+    def done(self, graph: TaskGraph) -> bool:
+        return all(t.done(graph) for t in graph.dependents(self))
+
+    def plan_command(self, env: Mapping[str, str]) -> list[str]:
+        n = _num_processes(env)
+        if self.mode == "transfer":
+            return [console_script("nnunet-transfer"), "plans", "--from", str(self.pretrained), "-t",
+                    str(self.dataset_id), "-tp", self.plans, "-c", *self.configurations, *(["-np", n] if n else [])]
+        return [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(self.dataset_id), "-c",
+                *self.configurations, "--verify_dataset_integrity", *(["-npfp", n, "-np", n] if n else []),
+                *(["-overwrite_plans_name", self.plans] if self.plans != OWN_PLANS else [])]
+
+    def preprocess_command(self, configurations: Sequence[str], env: Mapping[str, str]) -> list[str]:
+        n = _num_processes(env)
+        return [console_script("nnUNetv2_preprocess"), "-d", str(self.dataset_id), "-plans_name", self.plans,
+                "-c", *configurations, *(["-np", n] if n else [])]
+
+    def check_command(self, configuration: str) -> list[str]:
+        cmd = [console_script("nnunet-transfer"), "check", str(self.pretrained), "-d", str(self.dataset_id),
+               "-c", configuration, "-p", self.plans, "-tr", self.check_trainer]
+        return cmd + (["--recipe", self.check_recipe] if self.check_recipe else [])
+
+    def to_check(self, graph: TaskGraph) -> list[str]:
+        """Configurations whose fine-tuning still has folds to train: the compatibility check runs for these."""
+        return [c for c in self.configurations
+                if any(not t.done(graph) for t in graph.dependents(self, TrainTask)
+                       if t.arm == "finetune" and t.configuration == c)]
+
+    def state(self) -> PrepareState:
+        roots = _roots()
+        return prepare_state(self, roots.preprocessed, roots.raw)
+
+    def run(self, step: Step) -> tuple[Status, str]:
+        if self.done(step.graph):
+            return "skipped", "every fold of this target is done"
+        env = step.env()
+        env.pop(RECIPE_ENV_VAR, None)
+        did: list[str] = []
+        state = self.state()
+        if state.plans_missing:
+            cmd = self.plan_command(env)
+            code, output = step.command(cmd, env)
+            state = self.state()
+            # nnunet-transfer plans exits 1 when its own check fails after writing and preprocessing: the check below
+            # says why
+            if code != 0 and not (self.mode == "transfer" and code == 1 and not state.plans_missing):
+                raise TaskFailure(f"{Path(cmd[0]).name} exited with status {code}: {_error_line(output)}", cmd, code)
+            did.append("transferred plans" if self.mode == "transfer" else "planned and preprocessed")
+            if state.plans_missing:
+                raise TaskFailure(f"{Path(cmd[0]).name} did not write {state.plans_file}", cmd, code)
+        if state.absent:
+            raise TaskFailure(f"{state.plans_file} has no configuration {', '.join(state.absent)} (nnU-Net plans "
+                              "only the configurations a dataset needs, e.g. no 3d_lowres for small images): remove "
+                              "it from the campaign's configurations for this target")
+        if state.incomplete:
+            todo = state.incomplete
+            cmd = self.preprocess_command(todo, env)
+            code, output = step.command(cmd, env)
+            if code != 0:
+                raise TaskFailure(f"nnUNetv2_preprocess exited with status {code}: {_error_line(output)}", cmd, code)
+            state = self.state()
+            if state.incomplete:
+                raise TaskFailure(f"preprocessing left data incomplete: {state.detail}", cmd, code)
+            did.append(f"preprocessed {', '.join(todo)}")
+        from nnunet_transfer.nnunet.datasets import ensure_default_splits, raw_case_identifiers
+
+        roots = _roots()
+        if ensure_default_splits(roots.preprocessed / self.dataset, raw_case_identifiers(roots.raw / self.dataset)):
+            did.append("wrote nnU-Net's default splits_final.json")
+        checked = []
+        for conf in self.to_check(step.graph):
+            cmd = self.check_command(conf)
+            code, output = step.command(cmd, env)
+            if code == 1:
+                raise TaskFailure(f"compatibility check of {conf} failed (the fine-tuning would stop at its load "
+                                  f"guard): {_error_line(output)}", cmd, code)
+            if code != 0:
+                raise TaskFailure(f"nnunet-transfer check exited with status {code}: {_error_line(output)}", cmd,
+                                  code)
+            checked.append(conf)
+        if checked:
+            did.append(f"check passed ({', '.join(checked)})")
+        return "done", "; ".join(did) if did else "data complete"
+
+    def view(self, graph: TaskGraph, env: Mapping[str, str], device: str) -> TaskView:
+        if self.done(graph):
+            return TaskView(self, "done", "every fold of this target is done")
+        state = self.state()
+        cmds = []
+        if state.plans_missing:
+            cmds.append(shlex.join(self.plan_command(env)))
+        elif state.incomplete:
+            cmds.append(shlex.join(self.preprocess_command(state.incomplete, env)))
+        cmds += [shlex.join(self.check_command(c)) for c in self.to_check(graph)]
+        label = "to plan" if state.plans_missing else "to preprocess" if state.incomplete else "to check"
+        return TaskView(self, label, state.detail, tuple(cmds))
 
 
 @dataclass(frozen=True)
-class TrainTask:
-    """One fold of one arm: ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -p PLANS`` into ``fold_dir``."""
+class TrainTask(Task):
+    """One fold of one arm: ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -p PLANS`` into ``fold_dir``
+    (new, ``--c`` or ``--val`` as its files say); SIGUSR1 stops it with a checkpoint."""
 
     kind: ClassVar[str] = "train"
+    noun: ClassVar[str] = "train"
+    timed: ClassVar[bool] = True
+    interruptible: ClassVar[bool] = True
 
     id: str  # Dataset902_TwoCh/3d_fullres/finetune/fold_0
     dataset: str
@@ -86,23 +354,89 @@ class TrainTask:
     plans: str
     fold_dir: Path  # $nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>
     prepare_id: str
-
-    @property
-    def slug(self) -> str:
-        return task_slug(self.id)
+    pretrained: Path | None = None  # -pretrained_weights of a new training (the fine-tune arm)
+    recipe: str | None = None  # NNUNET_TRANSFER_RECIPE for its commands (None: the trainer's own recipe)
+    npz: bool = False  # nnUNetv2_train --npz: a find-best step ensembles its validation probabilities
 
     @property
     def label(self) -> str:
         return f"{self.dataset} {self.configuration} {self.arm} fold {self.fold}"
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.prepare_id,)
+
+    def done(self, graph: TaskGraph) -> bool:
+        return train_done(self)
+
+    def command(self, state: TrainState, device: str) -> list[str]:
+        """The stock ``nnUNetv2_train`` command for the fold in this state. A new fine-tuning gets
+        ``-pretrained_weights``; ``--c`` and ``--val`` never do (nnU-Net refuses both at once)."""
+        cmd = [console_script("nnUNetv2_train"), str(self.dataset_id), self.configuration, str(self.fold),
+               "-tr", self.trainer, "-p", self.plans]
+        if state.kind == "new" and self.pretrained is not None:
+            cmd += ["-pretrained_weights", str(self.pretrained)]
+        if state.flag:
+            cmd.append(state.flag)
+        if self.npz:
+            cmd.append("--npz")  # the find-best step ensembles the validation probabilities
+        return [*cmd, "-device", device]
+
+    def run(self, step: Step) -> tuple[Status, str]:
+        state = train_state(self)
+        if state.unreadable:
+            moved = move_aside(state.unreadable)
+            note = "moved aside unreadable " + ", ".join(f"{p.name.split('.unreadable-')[0]} -> {p.name}"
+                                                          for p in moved)
+            step.say(f"{self.label}: {note} (killed while saving?)")
+            step.note(note)
+            state = train_state(self)
+        if state.kind == "done":
+            return "skipped", "already done"
+        failed = step.failed_need()
+        if failed is not None:
+            need, record = failed
+            return "blocked", f"its {need.noun} step failed; log: {record.get('log', '?')}"
+        env = step.env()
+        if self.recipe:
+            env[RECIPE_ENV_VAR] = self.recipe
+        else:
+            env.pop(RECIPE_ENV_VAR, None)  # the trainer's own recipe, whatever the shell says
+        cmd = self.command(state, step.device)
+        code, output = step.command(cmd, env)
+        if code == 0 and train_done(self):
+            what = {"new": "trained", "continue": "continued (--c)", "validate": "validated (--val)"}[state.kind]
+            return "done", what
+        if step.interrupted and code in (PREEMPTED_EXIT_CODE, -signal.SIGUSR1):
+            why = ("stopped on request after writing checkpoint_latest.pth" if code == PREEMPTED_EXIT_CODE
+                   else "killed by SIGUSR1 (the trainer does not handle it: no checkpoint written)")
+            return "preempted", f"{why}; the next run continues it with --c"
+        if code == PREEMPTED_EXIT_CODE:
+            return "preempted", "the training stopped on a signal after writing checkpoint_latest.pth; " \
+                                "the next run continues it with --c"
+        if code == 0:
+            raise TaskFailure(f"nnUNetv2_train exited 0 but {self.fold_dir} has no checkpoint_final.pth and "
+                              "validation/summary.json", cmd, code)
+        raise TaskFailure(f"nnUNetv2_train exited with status {code}: {_error_line(output)}", cmd, code)
+
+    def view(self, graph: TaskGraph, env: Mapping[str, str], device: str) -> TaskView:
+        state = train_state(self)
+        if state.kind == "done":
+            return TaskView(self, "done", state.detail)
+        cmd = shown_command(self.command(state, device), {RECIPE_ENV_VAR: self.recipe} if self.recipe else {})
+        label = {"new": "to train", "continue": "to continue", "validate": "to validate"}[state.kind]
+        detail = state.detail + (" (moved aside before it runs)" if state.unreadable else "")
+        return TaskView(self, label, detail, (cmd,))
+
 
 @dataclass(frozen=True)
-class FindBestTask:
+class FindBestTask(Task):
     """``nnUNetv2_find_best_configuration DATASET -c CONFS -tr TRAINERS -p PLANS -f FOLDS``: the best configuration or
     ensemble of a target's trained folds (``ensembling`` False: ``--disable_ensembling``), once they are all done.
     nnU-Net writes ``inference_information.json`` beside the model folders and, ensembling, ``ensembles/``."""
 
     kind: ClassVar[str] = "find_best"
+    noun: ClassVar[str] = "find-best"
 
     id: str  # Dataset902_TwoCh/nnUNetPlans/find_best
     dataset: str
@@ -117,56 +451,154 @@ class FindBestTask:
     result: Path  # $nnUNet_results/<dataset>/inference_information.json
 
     @property
-    def slug(self) -> str:
-        return task_slug(self.id)
-
-    @property
     def label(self) -> str:
         return f"{self.dataset} {self.plans} find-best" + (" (ensembles)" if self.ensembling else "")
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.train_ids
 
-def expand_find_best(prepares: Sequence[PrepareTask], trains: Sequence[TrainTask], targets: Sequence[Target],
-                     arms: Sequence[Arm], ensembling: bool, results_root: Path) -> list[FindBestTask]:
-    """One find-best task per target (after :func:`expand_tasks`), over the trainers of ``arms`` (the arms the
-    campaign has), needing every fold of those arms."""
-    out = []
-    for prepare, t in zip(prepares, targets, strict=True):
-        mine = [x for x in trains if x.prepare_id == prepare.id and x.arm in arms]
-        trainers = tuple(dict.fromkeys(x.trainer for x in mine))
-        out.append(FindBestTask(
-            id=f"{t.dataset}/{t.plans}/find_best", dataset=t.dataset, dataset_id=t.dataset_id, plans=t.plans,
-            configurations=t.configurations, folds=t.folds, trainers=trainers,
-            ensembling=ensembling and len(t.configurations) * len(trainers) > 1,
-            train_ids=tuple(x.id for x in mine), prepare_id=prepare.id,
-            result=results_root / t.dataset / "inference_information.json"))
-    return out
+    def command(self, env: Mapping[str, str]) -> list[str]:
+        """The stock ``nnUNetv2_find_best_configuration`` over the target's trained folds."""
+        cmd = [console_script("nnUNetv2_find_best_configuration"), str(self.dataset_id), "-c", *self.configurations,
+               "-tr", *self.trainers, "-p", self.plans, "-f", *map(str, self.folds)]
+        if not self.ensembling:
+            cmd.append("--disable_ensembling")
+        n = _num_processes(env)
+        return [*cmd, "-np", n] if n else cmd
+
+    def done(self, graph: TaskGraph) -> bool:
+        """nnU-Net's ``inference_information.json`` is there and newer than every fold it was computed from."""
+        if not self.result.is_file():
+            return False
+        folds = [t.fold_dir / "checkpoint_final.pth" for t in graph.needs(self, TrainTask)]
+        newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
+        return self.result.stat().st_mtime >= newest
+
+    def _left(self, graph: TaskGraph) -> list[Task]:
+        return [t for t in graph.needs(self) if not t.done(graph)]
+
+    def run(self, step: Step) -> tuple[Status, str]:
+        if self.done(step.graph):
+            return "skipped", f"already done ({self.result})"
+        left = self._left(step.graph)
+        if left:
+            return "blocked", f"{len(left)} fold(s) not trained (first: {left[0].id})"
+        env = step.env()
+        cmd = self.command(env)
+        code, output = step.command(cmd, env)
+        if code != 0:
+            raise TaskFailure(f"nnUNetv2_find_best_configuration exited with status {code}: {_error_line(output)}",
+                              cmd, code)
+        if not self.done(step.graph):
+            raise TaskFailure(f"nnUNetv2_find_best_configuration exited 0 but did not write {self.result}", cmd, code)
+        return "done", f"best configuration in {self.result}"
+
+    def view(self, graph: TaskGraph, env: Mapping[str, str], device: str) -> TaskView:
+        if self.done(graph):
+            return TaskView(self, "done", str(self.result))
+        cmd = (shlex.join(self.command(env)),)
+        left = self._left(graph)
+        if left:
+            return TaskView(self, "waiting", f"for {len(left)} fold(s) to finish", cmd)
+        return TaskView(self, "to run", f"over {len(self.train_ids)} folds", cmd)
 
 
-def expand_tasks(targets: Sequence[Target], trainers: dict[Arm, str],
-                 results_root: Path) -> tuple[list[PrepareTask], list[TrainTask]]:
-    """The prepare tasks (one per target) and train tasks of ``targets`` for the arms in ``trainers`` (finetune
-    first). Train tasks are ordered by target (file order), configuration, fold, then arm."""
-    prepares: list[PrepareTask] = []
-    trains: list[TrainTask] = []
+# --- the graph ------------------------------------------------------------------------------------------------------
+class TaskGraph:
+    """A campaign's tasks in run order, each after the tasks it needs; what each task needs and what needs it.
+
+    Built once (:func:`build_graph`) and shared by every executor: the local one starts the first pending task whose
+    needs have ended (:meth:`ready`), SLURM submits each task as a job that depends on its needs' jobs."""
+
+    def __init__(self, tasks: Iterable[Task]):
+        self._tasks = tuple(tasks)
+        self._by_id: dict[str, Task] = {}
+        self._dependents: dict[str, list[Task]] = {}
+        for t in self._tasks:
+            if t.id in self._by_id:
+                raise ValueError(f"task {t.id!r} is in the graph twice")
+            for need in t.needs:
+                if need not in self._by_id:
+                    raise ValueError(f"task {t.id!r} needs {need!r}, which does not come before it")
+                self._dependents[need].append(t)
+            self._by_id[t.id] = t
+            self._dependents[t.id] = []
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._by_id
+
+    def task(self, task_id: str) -> Task:
+        """The task of that id (KeyError when there is none)."""
+        return self._by_id[task_id]
+
+    def of_type(self, kind: type[T]) -> list[T]:
+        """The tasks of one kind, in order."""
+        return [t for t in self._tasks if isinstance(t, kind)]
+
+    def needs(self, task: Task, kind: type[T] = Task) -> list[T]:  # type: ignore[assignment]
+        """The tasks ``task`` needs (of ``kind``)."""
+        return [t for t in (self._by_id[i] for i in task.needs) if isinstance(t, kind)]
+
+    def dependents(self, task: Task, kind: type[T] = Task) -> list[T]:  # type: ignore[assignment]
+        """The tasks that need ``task`` (of ``kind``), in order."""
+        return [t for t in self._dependents[task.id] if isinstance(t, kind)]
+
+    def ready(self, pending: Iterable[Task], ended: Container[str]) -> Task | None:
+        """The first of ``pending`` whose needs have all ``ended`` (ids), or None."""
+        return next((t for t in pending if all(i in ended for i in t.needs)), None)
+
+    def counts(self) -> str:
+        """``2 prepare, 6 train, 2 find-best``: the tasks by kind, in the order the kinds first appear."""
+        return ", ".join(f"{n} {noun}" for noun, n in Counter(t.noun for t in self._tasks).items())
+
+
+def build_graph(targets: Sequence[Target], trainers: Mapping[Arm, str], recipes: Mapping[Arm, str | None],
+                pretrained: Path, check_recipe: str | None, results_root: Path,
+                find_best: tuple[Sequence[Arm], bool] | None = None) -> TaskGraph:
+    """The graph of a campaign: per target its prepare task, its train tasks (by configuration, fold, then arm:
+    finetune first) and, with ``find_best`` = ``(arms, ensembling)``, a find-best task over those arms' folds.
+
+    Train ids leave the plans out (``Dataset902_TwoCh/3d_fullres/finetune/fold_0``) unless the dataset is a target
+    with other plans too."""
     arms = [a for a in ARMS if a in trainers]
+    tasks: list[Task] = []
     for t in targets:
         prepare = PrepareTask(id=f"{t.dataset}/{t.plans}/prepare", dataset=t.dataset, dataset_id=t.dataset_id,
-                              plans=t.plans, configurations=t.configurations, mode=t.mode)
-        prepares.append(prepare)
+                              plans=t.plans, configurations=t.configurations, mode=t.mode, pretrained=pretrained,
+                              check_trainer=trainers["finetune"], check_recipe=check_recipe)
+        plans_in_id = len({o.plans for o in targets if o.dataset == t.dataset}) > 1
+        trains = []
         for conf in t.configurations:
             for fold in t.folds:
                 for arm in arms:
                     trainer = trainers[arm]
-                    fold_dir = results_root / t.dataset / f"{trainer}__{t.plans}__{conf}" / f"fold_{fold}"
                     trains.append(TrainTask(
-                        id=f"{t.dataset}/{conf}/{arm}/fold_{fold}" if t.plans == _only_plans(targets, t)
-                        else f"{t.dataset}/{t.plans}/{conf}/{arm}/fold_{fold}",
+                        id=f"{t.dataset}/{t.plans}/{conf}/{arm}/fold_{fold}" if plans_in_id
+                        else f"{t.dataset}/{conf}/{arm}/fold_{fold}",
                         dataset=t.dataset, dataset_id=t.dataset_id, configuration=conf, arm=arm, fold=fold,
-                        trainer=trainer, plans=t.plans, fold_dir=fold_dir, prepare_id=prepare.id))
-    return prepares, trains
-
-
-def _only_plans(targets: Sequence[Target], target: Target) -> str | None:
-    """The target's plans when no other target of the same dataset uses other plans (ids then leave plans out)."""
-    others = {t.plans for t in targets if t.dataset == target.dataset}
-    return target.plans if len(others) == 1 else None
+                        trainer=trainer, plans=t.plans,
+                        fold_dir=results_root / t.dataset / f"{trainer}__{t.plans}__{conf}" / f"fold_{fold}",
+                        prepare_id=prepare.id, pretrained=pretrained if arm == "finetune" else None,
+                        recipe=recipes.get(arm)))
+        best: list[Task] = []
+        if find_best is not None:
+            best_arms, ensembling = find_best
+            mine = [x for x in trains if x.arm in best_arms]
+            names = tuple(dict.fromkeys(x.trainer for x in mine))
+            ensembles = ensembling and len(t.configurations) * len(names) > 1
+            best.append(FindBestTask(
+                id=f"{t.dataset}/{t.plans}/find_best", dataset=t.dataset, dataset_id=t.dataset_id, plans=t.plans,
+                configurations=t.configurations, folds=t.folds, trainers=names, ensembling=ensembles,
+                train_ids=tuple(x.id for x in mine), prepare_id=prepare.id,
+                result=results_root / t.dataset / "inference_information.json"))
+            if ensembles:
+                trains = [replace(x, npz=True) if x.arm in best_arms else x for x in trains]
+        tasks += [prepare, *trains, *best]
+    return TaskGraph(tasks)

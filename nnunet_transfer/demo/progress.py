@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_transfer.core.progress import format_elapsed  # re-exported: its old place
+
 __all__ = ["EpochStats", "StepProgress", "format_elapsed", "parse_line"]
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?:\s?")
@@ -74,14 +76,6 @@ def parse_line(line: str) -> tuple[str, Any] | None:
             return None if values is None else (event, values)
         return event, float(m.group(1))
     return None
-
-
-def format_elapsed(seconds: float) -> str:
-    """``0:41``, ``12:05``, ``1:02:03``."""
-    s = max(0, int(seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 @dataclass

@@ -259,7 +259,8 @@ def _wait(predicate, timeout: float, what: str, output: _Output, proc: subproces
         time.sleep(0.2)
 
 
-def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str, **executor) -> Path:
+def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str, find_best: dict | None = None,
+              **executor) -> Path:
     recipe = tmp_path / "slurm_tiny.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     (tmp_path / "preprocessed").mkdir(exist_ok=True)
@@ -278,6 +279,7 @@ def _campaign(tmp_path: Path, pretrained: Path, targets: list[dict], name: str, 
         "executor": {"kind": "slurm", "timeout_min": 60, "cpus_per_task": 1, "mem_gb": 4,
                      "slurm_array_parallelism": 2, **executor},
         "device": "cpu",
+        **({"find_best": find_best} if find_best is not None else {}),
     }, sort_keys=False))
     return path
 
@@ -302,39 +304,42 @@ def _submitted(lines: list[str]) -> dict[str, str]:
 
 def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path):
     """``nnunet-transfer campaign run`` with ``executor: {kind: slurm}``: a prepare job, then an array of 2 folds
-    after it. Ctrl-C stops waiting (the jobs keep running); a second ``campaign run`` waits for the same jobs instead
-    of submitting them again. Both folds are preempted in their second epoch: the training saves at the end of the
-    epoch and exits, the job is requeued and the fold continues from the next epoch (not from 0)."""
+    after it, then the find-best job after the folds (``afterok``). Ctrl-C stops waiting (the jobs keep running); a
+    second ``campaign run`` waits for the same jobs instead of submitting them again. Both folds are preempted in
+    their second epoch: the training saves at the end of the epoch and exits, the job is requeued and the fold
+    continues from the next epoch (not from 0). The find-best job starts only once both folds are done."""
     from nnunet_transfer.demo.synthetic import make_dataset
 
     make_dataset(tmp_path / "raw", 904, "SlurmTgt", num_cases=5, shape=(32, 32, 32), spacing=(1, 1, 1), seed=7)
-    campaign = _campaign(tmp_path, workspace.checkpoint, [{"dataset": 904}], "on-slurm")
+    campaign = _campaign(tmp_path, workspace.checkpoint, [{"dataset": 904}], "on-slurm", find_best={})
     env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
     logs = [tmp_path / "on-slurm.campaign" / "logs" / f"{TARGET}.3d_fullres.finetune.fold_{f}.log" for f in (0, 1)]
     labels = [f"{TARGET} nnUNetPlans prepare", f"{TARGET} 3d_fullres finetune fold 0",
-              f"{TARGET} 3d_fullres finetune fold 1"]
+              f"{TARGET} 3d_fullres finetune fold 1", f"{TARGET} nnUNetPlans find-best"]
 
     # the first run submits, then Ctrl-C: it stops waiting, the jobs keep running
     proc, output = _start(campaign, env)
     try:
-        jobs = _wait(lambda: len(_submitted(output.lines)) == 3 and _submitted(output.lines), 60, "3 submissions", output, proc)
+        jobs = _wait(lambda: len(_submitted(output.lines)) == 4 and _submitted(output.lines), 60, "4 submissions", output, proc)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 75, output.text()
     finally:
         if proc.poll() is None:
             proc.kill()
     assert sorted(jobs) == sorted(labels), jobs
-    prepare_job, fold0_job, fold1_job = (jobs[label] for label in labels)
+    prepare_job, fold0_job, fold1_job, best_job = (jobs[label] for label in labels)
     assert fold0_job.split("_")[0] == fold1_job.split("_")[0] != prepare_job, "the folds are one array job"
-    assert "stopped waiting; 3 tasks keep running on SLURM" in output.text(), output.text()
+    assert f"find-best: submitted as SLURM job {best_job} after its train job {fold0_job.split('_')[0]}" in \
+        output.text(), output.text()
+    assert "stopped waiting; 4 tasks keep running on SLURM" in output.text(), output.text()
     assert f"campaign status {campaign}" in output.text()
 
     # the second run finds them in the queue and waits for them
     proc, output = _start(campaign, env)
     try:
-        again = _wait(lambda: len(_submitted(output.lines)) == 3 and _submitted(output.lines), 60, "3 jobs found", output, proc)
+        again = _wait(lambda: len(_submitted(output.lines)) == 4 and _submitted(output.lines), 60, "4 jobs found", output, proc)
         assert again == jobs, output.text()
-        assert sum("already in the queue as SLURM job" in line for line in output.lines) == 3, output.text()
+        assert sum("already in the queue as SLURM job" in line for line in output.lines) == 4, output.text()
         # preempt both folds while they train their second epoch (their logs show epoch 1): fold 0 as submitit's
         # job._interrupt() does (SIGTERM, then USR2: the job's checkpoint() stops the training and requeues);
         # fold 1 with SIGTERM only, as a preemption that does not go through submitit (the training stops on it,
@@ -344,7 +349,7 @@ def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path
                   240, f"{log.name}: epoch 1", output, proc)
             for sig in signals:
                 subprocess.run(["scancel", job, "--signal", sig], env=env, check=True)
-        code = proc.wait(timeout=300)
+        code = proc.wait(timeout=600)  # two folds, each preempted and continued, then find-best
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -362,7 +367,17 @@ def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path
         assert [next((e for e in steps if line.startswith(e)), line) for line in events] == steps, events
         assert "the checkpoint it just wrote" in events[3], events
     assert re.search(r"prepare: done", text) and len(re.findall(r"finetune fold \d: done in", text)) == 2, text
-    assert re.search(r"campaign on-slurm: 3 tasks in \S+ on SLURM: 3 done$", text.splitlines()[-1]), text
+    assert re.search(rf"find-best: done in \S+ \(best configuration in \S+inference_information.json\) \(SLURM "
+                     rf"job {best_job}\)", text), text
+    assert re.search(r"campaign on-slurm: 4 tasks in \S+ on SLURM: 4 done$", text.splitlines()[-1]), text
+    # nnU-Net's find-best ran once, after both folds had ended (their last runs), as SLURM saw it
+    assert (tmp_path / "results" / TARGET / "inference_information.json").is_file()
+    best_row = _states(best_job, ["COMPLETED"])[0]
+    fold_ends = [_sacct(job)[-1]["End"] for job in (fold0_job, fold1_job)]
+    assert best_row["Start"] >= max(fold_ends), (best_row, fold_ends)
+    best_log = tmp_path / "on-slurm.campaign" / "logs" / f"{TARGET}.nnUNetPlans.find_best.log"
+    commands = [line for line in best_log.read_text().splitlines() if line.startswith("$ ")]
+    assert len(commands) == 1 and "nnUNetv2_find_best_configuration 904 -c 3d_fullres" in commands[0], commands
 
     results = tmp_path / "results" / TARGET / f"{TRAINER}__nnUNetPlans__3d_fullres"
     for fold, job in ((0, fold0_job), (1, fold1_job)):
@@ -383,8 +398,8 @@ def test_campaign_on_slurm_continues_a_preempted_fold(slurm, workspace, tmp_path
 
 
 def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, tmp_path):
-    """A target whose raw data is broken: its prepare job fails, its folds' array job is cancelled (never runs),
-    they are reported blocked, and the exit status says it (1)."""
+    """A target whose raw data is broken: its prepare job fails, its folds' array job and the find-best job after
+    them are cancelled (never run), they are reported blocked, and the exit status says it (1)."""
     from nnunet_transfer.demo.synthetic import make_dataset
 
     raw = make_dataset(tmp_path / "raw", 905, "Broken", num_cases=5, shape=(16, 16, 16), seed=8)
@@ -392,7 +407,7 @@ def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, tmp_path):
     missing.unlink()
     pretrained = tmp_path / "pretrained.pth"
     pretrained.write_bytes(b"not read: the prepare step fails first")
-    campaign = _campaign(tmp_path, pretrained, [{"dataset": 905}], "broken")
+    campaign = _campaign(tmp_path, pretrained, [{"dataset": 905}], "broken", find_best={})
     env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
     proc = subprocess.run([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -402,17 +417,22 @@ def test_campaign_on_slurm_a_failed_prepare_blocks_its_folds(slurm, tmp_path):
                      r"with status \d+: .+\(log: \S+prepare\.log\)", text), text
     blocked = re.findall(r"finetune fold (\d): blocked \(its prepare step failed", text)
     assert sorted(blocked) == ["0", "1"], text
-    assert "1 failed, 2 blocked" in text, text
+    assert re.search(r"Dataset905_Broken nnUNetPlans find-best: blocked \(its train step blocked: its prepare step "
+                     r"failed", text), text
+    assert "1 failed, 3 blocked" in text, text
     jobs = _submitted(text.splitlines())
-    # SLURM saw the prepare job fail; the folds never ran: cancelled while they waited for it
+    # SLURM saw the prepare job fail; the folds and the find-best never ran: cancelled while they waited
     _states(jobs["Dataset905_Broken nnUNetPlans prepare"], ["FAILED"])
     array = jobs["Dataset905_Broken 3d_fullres finetune fold 0"].split("_")[0]
-    deadline = time.monotonic() + 30
-    rows = _sacct(array)
-    while not all(row["State"].startswith("CANCELLED") for row in rows):
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.5)
-        rows = _sacct(array)
+    best = jobs["Dataset905_Broken nnUNetPlans find-best"]
+    assert f"find-best: submitted as SLURM job {best} after its train job {array}" in text, text
+    for job in (array, best):
+        deadline = time.monotonic() + 30
+        rows = _sacct(job)
+        while not all(row["State"].startswith("CANCELLED") for row in rows):
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.5)
+            rows = _sacct(job)
     # the folds never ran: no task log, no run of a task in the array's output
     assert not list((tmp_path / "broken.campaign" / "logs").glob("*fold_*"))
     outputs = [p.read_text() for p in (tmp_path / "broken.campaign" / "slurm").glob(f"{array}_*_log.out")]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from campaign_helpers import ALPHA, BETA, campaign_dict, finish_fold, make_roots, write_campaign
 
-from nnunet_transfer.campaigns.execute import describe_task, find_best_command, find_best_done, train_command
+from nnunet_transfer.campaigns.execute import describe_task
 from nnunet_transfer.campaigns.spec import load_campaign
 from nnunet_transfer.campaigns.state import train_state
 from nnunet_transfer.errors import CampaignError
@@ -37,13 +37,13 @@ def test_find_best_expands_one_task_per_target_after_its_folds(tmp_path, roots):
     ids = [t.id for t in c.tasks]  # run order: prepare, folds, find-best, per target
     assert ids.index(alpha.id) == ids.index(c.prepare_tasks[1].id) - 1
     assert c.task(alpha.id) is alpha
-    assert find_best_command(alpha, {"nnUNet_def_n_proc": "2"})[1:] == [
+    assert alpha.command({"nnUNet_def_n_proc": "2"})[1:] == [
         "911", "-c", "2d", "3d_fullres", "-tr", "nnUNetTrainerAdaptiveFT", "-p", "nnUNetPlans", "-f", "0", "1",
         "-np", "2"]
     # the fine-tune folds are trained with --npz (their validation probabilities are ensembled), the baseline not
     ft, base = (next(t for t in c.train_tasks if t.dataset == ALPHA and t.arm == a) for a in ("finetune", "baseline"))
-    assert "--npz" in train_command(c, ft, train_state(ft), "cpu")
-    assert "--npz" not in train_command(c, base, train_state(base), "cpu")
+    assert "--npz" in ft.command(train_state(ft), "cpu")
+    assert "--npz" not in base.command(train_state(base), "cpu")
 
 
 def test_find_best_over_both_arms_and_without_ensembling(tmp_path, roots):
@@ -51,12 +51,12 @@ def test_find_best_over_both_arms_and_without_ensembling(tmp_path, roots):
     assert c.find_best_tasks[0].trainers == ("nnUNetTrainerAdaptiveFT", "nnUNetTrainer")
     assert len(c.find_best_tasks[0].train_ids) == 4 and c.find_best_tasks[0].ensembling
     c = load(tmp_path, find_best={"ensembling": False})
-    assert find_best_command(c.find_best_tasks[0], {})[-1] == "--disable_ensembling"
-    assert not any("--npz" in train_command(c, t, train_state(t), "cpu") for t in c.train_tasks)
+    assert c.find_best_tasks[0].command({})[-1] == "--disable_ensembling"
+    assert not any("--npz" in t.command(train_state(t), "cpu") for t in c.train_tasks)
     # one configuration and one arm: nothing to ensemble, so no --npz either
     c = load(tmp_path, baseline=None, find_best={})
     assert not c.find_best_tasks[0].ensembling
-    assert not any("--npz" in train_command(c, t, train_state(t), "cpu") for t in c.train_tasks)
+    assert not any("--npz" in t.command(train_state(t), "cpu") for t in c.train_tasks)
     assert load(tmp_path).find_best_tasks == []  # the step is optional
 
 
@@ -66,7 +66,6 @@ def test_find_best_over_both_arms_and_without_ensembling(tmp_path, roots):
     ({"find_best": {"arms": []}}, "find_best.arms: List should have at least 1 item"),
     ({"find_best": {"arms": ["finetune", "finetune"]}}, "find_best.arms: an arm is listed twice"),
     ({"find_best": {"arms": ["baseline"]}, "baseline": None}, "find_best.arms: baseline: the campaign has no such arm"),
-    ({"find_best": {}, "executor": {"kind": "slurm", "slurm_partition": "p"}}, "find_best: runs with the local executor"),
 ])
 def test_invalid_find_best_names_file_and_field(tmp_path, roots, changes, fragment):
     with pytest.raises(CampaignError) as e:
@@ -82,9 +81,9 @@ def test_find_best_state_follows_the_folds_and_nnunets_file(tmp_path, roots):
     assert view.commands and "nnUNetv2_find_best_configuration 911" in view.commands[0]
     for t in c.train_tasks:
         finish_fold(t.fold_dir)
-    assert describe_task(c, task).state == "to run" and not find_best_done(c, task)
+    assert describe_task(c, task).state == "to run" and not task.done(c.graph)
     task.result.write_text(json.dumps({"best_model_or_ensemble": {}}))
-    assert find_best_done(c, task) and describe_task(c, task).state == "done"
+    assert task.done(c.graph) and describe_task(c, task).state == "done"
     later = time.time() + 10  # a fold trained again after find-best ran: it is to run again
     os.utime(c.train_tasks[0].fold_dir / "checkpoint_final.pth", (later, later))
-    assert not find_best_done(c, task)
+    assert not task.done(c.graph)

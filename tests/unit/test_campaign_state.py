@@ -9,7 +9,6 @@ import pytest
 import torch
 from campaign_helpers import ALPHA, campaign_dict, finish_fold, make_roots, write_campaign
 
-from nnunet_transfer.campaigns.execute import train_command
 from nnunet_transfer.campaigns.spec import load_campaign
 from nnunet_transfer.campaigns.state import (
     checkpoint_readable,
@@ -49,7 +48,7 @@ def test_fold_states_and_their_commands(campaign):
 
     s = train_state(task)
     assert (s.kind, s.flag, s.detail) == ("new", None, "not started")
-    cmd = train_command(campaign, task, s, "cpu")
+    cmd = task.command(s, "cpu")
     assert cmd[1:] == ["911", "3d_fullres", "0", "-tr", "nnUNetTrainerAdaptiveFT", "-p", "nnUNetPlans",
                        "-pretrained_weights", pretrained, "-device", "cpu"]
     assert Path(cmd[0]).name == "nnUNetv2_train"
@@ -58,7 +57,7 @@ def test_fold_states_and_their_commands(campaign):
     (d / "pretrained_load_report.json").write_text("{}")  # the AdaptiveFT run began, no checkpoint yet
     s = train_state(task)
     assert s.kind == "continue" and "no checkpoint yet" in s.detail
-    cmd = train_command(campaign, task, s, "cpu")
+    cmd = task.command(s, "cpu")
     assert "--c" in cmd and "-pretrained_weights" not in cmd  # nnU-Net refuses both at once
 
     save(d / "checkpoint_best.pth")
@@ -69,7 +68,7 @@ def test_fold_states_and_their_commands(campaign):
     save(d / "checkpoint_final.pth")
     s = train_state(task)
     assert (s.kind, s.flag) == ("validate", "--val")
-    cmd = train_command(campaign, task, s, "cuda")
+    cmd = task.command(s, "cuda")
     assert cmd[-3:] == ["--val", "-device", "cuda"] and "-pretrained_weights" not in cmd
 
     (d / "validation").mkdir()
@@ -79,7 +78,7 @@ def test_fold_states_and_their_commands(campaign):
 
 def test_baseline_never_gets_pretrained_weights(campaign):
     task = campaign.task(f"{ALPHA}/3d_fullres/baseline/fold_1")
-    cmd = train_command(campaign, task, train_state(task), "cpu")
+    cmd = task.command(train_state(task), "cpu")
     assert cmd[1:] == ["911", "3d_fullres", "1", "-tr", "nnUNetTrainer", "-p", "nnUNetPlans", "-device", "cpu"]
 
 

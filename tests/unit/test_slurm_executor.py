@@ -101,3 +101,73 @@ def test_run_slurm_where_there_is_no_slurm(tmp_path, monkeypatch):
     assert "executor: kind slurm, but SLURM is not usable here" in str(info.value)
     assert "use executor: {kind: local}" in str(info.value)
     assert lines == [] and not campaign.workdir.exists()
+
+
+# --- submitit: its private names, isolated in one module -----------------------------------------------------------
+def _private_names():
+    from nnunet_transfer.campaigns._submitit import PRIVATE_NAMES
+
+    return [pytest.param(owner, name, id=f"{getattr(owner, '__name__', owner)}.{name}") for owner, name in PRIVATE_NAMES]
+
+
+@pytest.mark.parametrize(("owner", "name"), _private_names())
+def test_submitit_private_names(owner, name):
+    """Each private name of submitit that _submitit.py reads is still there and callable: a submitit release that
+    renames or drops one fails here, naming it."""
+    assert callable(getattr(owner, name, None)), f"submitit {submitit.__version__} has no {owner.__name__}.{name}"
+
+
+def test_only_submitit_py_reads_submitits_private_names():
+    """Everything else of the campaigns uses submitit's public API (grep of the installed sources)."""
+    import re
+    from pathlib import Path
+
+    import nnunet_transfer.campaigns as pkg
+    from nnunet_transfer.campaigns._submitit import PRIVATE_NAMES
+
+    private = {name for _, name in PRIVATE_NAMES} | {"_usr_sig", "_job_class"}
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        if path.name == "_submitit.py":
+            continue
+        found = [n for n in private if re.search(rf"\.{n}\b", path.read_text())]
+        assert not found, f"{path.name} uses submitit's private {found}"
+
+
+def test_the_preemption_signal_is_submitits():
+    import signal
+
+    from submitit.core.job_environment import JobEnvironment
+
+    from nnunet_transfer.campaigns._submitit import preemption_signal
+
+    assert preemption_signal() == signal.SIGUSR2 == getattr(signal, f"SIG{JobEnvironment.USR_SIG}")
+
+
+def test_task_job_is_a_plain_checkpointable_that_pickles_by_name(tmp_path, monkeypatch):
+    """Defined as a class like any other (no class made at run time): the jobs unpickle it by its name, and its
+    checkpoint hands submitit the same task again."""
+    import pickle
+
+    from campaign_helpers import campaign_dict, make_roots, write_campaign
+    from submitit.core.utils import DelayedSubmission
+    from submitit.helpers import Checkpointable
+
+    from nnunet_transfer.campaigns import slurm
+    from nnunet_transfer.campaigns.spec import load_campaign
+
+    make_roots(tmp_path, monkeypatch)
+    campaign = load_campaign(write_campaign(tmp_path / "c.yaml", campaign_dict(executor={"kind": "slurm"})))
+    task = campaign.prepare_tasks[0]
+    job = slurm.TaskJob(campaign, task.id, 30.0)
+    assert isinstance(job, Checkpointable) and slurm.CheckpointableTaskJob is slurm.TaskJob
+    again = pickle.loads(pickle.dumps(job))
+    assert type(again) is slurm.TaskJob and again.task_id == task.id and again.campaign.graph.task(task.id) == task
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        delayed = job.checkpoint()  # (it ignores SIGTERM from then on, as a job about to be requeued does)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert isinstance(delayed, DelayedSubmission) and isinstance(delayed.function, slurm.TaskJob)
+    assert delayed.function.task_id == task.id
