@@ -28,18 +28,24 @@ def _link_torch(venv: Path) -> set[str]:
     """torch, torchvision and everything they need, linked from this environment into ``venv`` (an environment that
     "has torch" without installing gigabytes again). Returns the linked distributions."""
     site = next((venv / "lib").glob("python*/site-packages"))
-    todo, seen = ["torch", "torchvision"], set()
+    todo: list[tuple[str, tuple[str, ...]]] = [("torch", ()), ("torchvision", ())]
+    seen: set[str] = set()
+    done: set[tuple[str, tuple[str, ...]]] = set()
     while todo:
-        name = _canonical(todo.pop())
-        if name in seen:
+        name, extras = todo.pop()
+        name = _canonical(name)
+        if (name, extras) in done:
             continue
+        done.add((name, extras))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
+        todo += [(r.name, tuple(sorted(r.extras))) for r in map(Requirement, dist.requires or [])
+                 if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in ("", *extras))]
+        if name in seen:
+            continue
         seen.add(name)
-        todo += [r.name for r in map(Requirement, dist.requires or [])
-                 if r.marker is None or r.marker.evaluate({"extra": ""})]
         for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "bin", "__pycache__")}:
             source = Path(dist.locate_file(top))
             if source.exists() and not (site / top).exists():
