@@ -159,8 +159,9 @@ def needed(items: list[dict], root: str, excluded: set[str], env: dict[str, str]
     return [by_name[n] for n in sorted(keep)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (``tests/unit/test_docs.py`` checks the flags the docs show against them)."""
+    parser = argparse.ArgumentParser(prog="scripts/wheelhouse.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the wheelhouse folder (created; wheels already there are kept)")
     parser.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}",
                         help="the target's Python, e.g. 3.12 (default: this one)")
@@ -170,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a pip freeze of the target environment (or names, one a line): left out")
     parser.add_argument("--exclude", action="append", default=[], help="a distribution to leave out, repeatable")
     parser.add_argument("--extra", action="append", default=[], help="an extra of nnunet-transfer, e.g. onnx")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.platform = args.platform or ["manylinux_2_28_x86_64"]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

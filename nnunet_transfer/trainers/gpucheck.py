@@ -4,9 +4,9 @@ Not among the package's trainers (``nnunet_transfer.trainers.__all__``): the che
 (``nnunet_transfer/gpucheck/_trainers``) on ``nnUNet_extTrainer`` for its ``nnUNetv2_train`` / ``nnUNetv2_predict``
 processes only. Each trainer writes, at the end of every epoch, ``gpucheck_epochs.json`` in its fold folder: the epoch's
 wall time from ``on_epoch_start`` to ``on_epoch_end`` (training and validation iterations; CUDA synchronised) and the
-peak of ``torch.cuda.max_memory_allocated`` during it (null on a CPU). The final validation is skipped. The stock trainer's budget comes from
-``NNUNET_TRANSFER_GPUCHECK_EPOCHS`` / ``_ITERATIONS`` / ``_VAL_ITERATIONS``; ours takes it from its recipe, which the
-check writes with the same numbers.
+peak of ``torch.cuda.max_memory_allocated`` during it (null on a CPU). The final validation is skipped. The stock
+trainer's budget comes from ``NNUNET_TRANSFER_GPUCHECK_EPOCHS`` / ``_ITERATIONS`` / ``_VAL_ITERATIONS``; ours takes
+it from its recipe, which the check writes with the same numbers.
 """
 
 from __future__ import annotations
