@@ -118,8 +118,9 @@ def _settings(tiny: bool, rounds: int | None) -> _Settings:
 def _versions(device: str) -> dict[str, Any]:
     import torch
 
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None  # e.g. 91002
     info: dict[str, Any] = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
-                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                            "cudnn": f"{cudnn // 10000}.{cudnn % 10000 // 100}.{cudnn % 100}" if cudnn else None,
                             "python": platform.python_version()}
     if device == "cuda":
         info["name"] = torch.cuda.get_device_name(0)
