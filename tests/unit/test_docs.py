@@ -49,6 +49,15 @@ FOREIGN_FLAGS = frozenset({
 })
 
 
+@functools.cache
+def script_flags() -> frozenset[str]:
+    """The flags of the repository's scripts that docs show (``scripts/wheelhouse.py``)."""
+    spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "scripts" / "wheelhouse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return frozenset(all_flags(module.build_parser()))
+
+
 def doc_files() -> list[Path]:
     """README.md and every Markdown file under docs/."""
     return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -359,9 +368,10 @@ def cli_problems(path: Path, text: str, parser: argparse.ArgumentParser) -> list
             problems += [f"{path}:{line}: {p}" for p in found]
         if chunk.kind == "inline":
             m = _FLAG.match(chunk.text)
-            if m and m.group(1) not in every_flag | all_nnunet_flags() | FOREIGN_FLAGS:
+            if m and m.group(1) not in every_flag | all_nnunet_flags() | script_flags() | FOREIGN_FLAGS:
                 problems.append(f"{path}:{chunk.line}: {chunk.text!r}: {m.group(1)!r} is no flag of any {PROG} "
-                                f"or nnUNetv2_* command (nor of sbatch/python: FOREIGN_FLAGS in {Path(__file__).name})")
+                                f"or nnUNetv2_* command, nor of scripts/wheelhouse.py (nor of sbatch/python: "
+                                f"FOREIGN_FLAGS in {Path(__file__).name})")
     return problems
 
 
