@@ -40,8 +40,9 @@ import yaml
 
 from nnunet_transfer.core.commands import console_script
 from nnunet_transfer.core.io import write_text_atomic
+from nnunet_transfer.core.progress import format_elapsed
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, load_recipe
-from nnunet_transfer.demo.progress import StepProgress, format_elapsed
+from nnunet_transfer.demo.progress import StepProgress
 from nnunet_transfer.demo.run import run_step
 from nnunet_transfer.demo.synthetic import make_dataset
 from nnunet_transfer.errors import TransferError
