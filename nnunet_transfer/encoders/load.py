@@ -239,7 +239,7 @@ def load_encoder(
     full = load_pretrained(network, src, dj.get("labels"), opts.replace(min_coverage=0.0))
     report = encoder_report(full, network, layout, min_coverage)
     if missing_trainer is not None:
-        _check_no_encoder_tensor_left(full, layout, src, src.trainer_name or folder_trainer)
+        _check_no_encoder_tensor_left(report, layout, src, src.trainer_name or folder_trainer)
     if not report.passed:
         missing = [r.key for r in report.tensors if r.is_parameter and r.status in ("skipped", "missing")]
         raise LoadGuardError(
