@@ -11,12 +11,19 @@ __all__ = [
     "ArchitectureError",
     "CampaignError",
     "CheckpointError",
+    "ExportError",
+    "ExportRefusedError",
     "LoadGuardError",
+    "MissingExtraError",
+    "MissingTrainerWarning",
+    "NnsslError",
     "NonFiniteWeightsError",
     "PlansError",
+    "PretrainedSeamWarning",
     "RecipeError",
     "ReportError",
     "SlurmError",
+    "TrainerNotFoundError",
     "TrainingStateError",
     "TransferError",
     "UnsafeCheckpointError",
@@ -81,3 +88,41 @@ class ReportError(TransferError):
 
 class SlurmError(TransferError):
     """SLURM cannot be used here (no ``sbatch``/``srun``), or a submission failed."""
+
+
+class NnsslError(CheckpointError):
+    """An nnssl checkpoint's adaptation plan is malformed, names an unknown architecture or keys it does not hold."""
+
+
+class ExportError(TransferError):
+    """The export request cannot be carried out as given: no such model folder, fold, checkpoint or format, an
+    output that exists already. Nothing was written."""
+
+
+class ExportRefusedError(TransferError):
+    """The export was made but does not hold the fold's weights or does not compute what the network computes (or the
+    exporter failed): nothing was written."""
+
+    exit_code = 1
+
+
+class MissingExtraError(ExportError):
+    """An optional dependency of the chosen format is not installed (the message says which extra installs it)."""
+
+
+class TrainerNotFoundError(PlansError):
+    """A trainer class named by a checkpoint, a model folder or the user is not installed here (neither among
+    nnU-Net's trainers nor in the ``nnUNet_extTrainer`` folders)."""
+
+    def __init__(self, message: str, trainer: str):
+        super().__init__(message)
+        self.trainer = trainer
+
+
+class PretrainedSeamWarning(UserWarning):
+    """nnU-Net no longer calls ``load_pretrained_weights`` the way the ``-pretrained_weights`` hook expects."""
+
+
+class MissingTrainerWarning(UserWarning):
+    """A checkpoint's trainer class is not installed: its network was built by nnU-Net's own ``nnUNetTrainer``, which
+    the tensor-by-tensor check can confirm only for the parameters (not activations or other parameter-free parts)."""

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from nnunet_transfer.cli._common import add_json_option, add_load_flags, load_options_from_args, write_json
-from nnunet_transfer.errors import TransferError
+from nnunet_transfer.errors import TrainerNotFoundError, TransferError
 
 __all__ = ["register", "run"]
 
@@ -50,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     target = find_target_dataset(args.dataset, args.plans)
     source = read_checkpoint(checkpoint, container=options.container, allow_globals=options.allow_globals,
                              trust_checkpoint=options.trust_checkpoint)
-    network = build_network(target.plans, args.configuration, target.dataset_json, trainer=args.trainer)
+    try:
+        network = build_network(target.plans, args.configuration, target.dataset_json, trainer=args.trainer)
+    except TrainerNotFoundError as e:
+        raise TrainerNotFoundError(f"-tr {args.trainer}: {e}; -tr names the trainer whose network is built (leave it "
+                                   "out for nnU-Net's nnUNetTrainer)", e.trainer) from None
     report, _ = plan_load(network, source, target.dataset_json.get("labels"), options)
     code = 0 if report.passed else 1
     if recipe is not None:

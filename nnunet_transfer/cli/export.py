@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the export's file; its JSON is OUT.json")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", metavar="NAME",
                    help="checkpoint file name in the fold folder (default checkpoint_final.pth)")
+    p.add_argument("-tr", "--trainer", default=None, metavar="NAME",
+                   help="trainer class whose network to build (default: the checkpoint's, as nnU-Net's predictor "
+                        "does); for a model whose trainer is not installed here, e.g. nnUNetTrainer for a subclass "
+                        "that keeps nnU-Net's network (the weights are still checked tensor by tensor)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT and OUT.json if they exist")
     p.add_argument("--rtol", type=float, default=None, metavar="RTOL",
                    help="tolerance: max|export - eager| <= RTOL * max|eager| for each test input (default 1e-4)")
@@ -48,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_transfer.export import DEFAULT_RTOL, export_model
 
     export_model(args.model_folder, args.fold, fmt, args.output, checkpoint_name=args.checkpoint,
-                 overwrite=args.overwrite, rtol=args.rtol or DEFAULT_RTOL, echo=print)
+                 overwrite=args.overwrite, rtol=args.rtol or DEFAULT_RTOL, echo=print, trainer=args.trainer)
     return 0

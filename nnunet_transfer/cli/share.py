@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only these configurations (default: every model folder given)")
     p.add_argument("-f", "--folds", nargs="+", metavar="FOLD", default=None,
                    help="only these folds: 0 1 ... or all (default: every fold present)")
+    p.add_argument("-tr", "--trainer", default=None, metavar="NAME",
+                   help="the trainer whose network the checkpoints hold, where theirs is not installed here (e.g. "
+                        "nnUNetTrainer for a subclass that keeps nnU-Net's network; every fold's weights must still "
+                        "load strictly into it)")
     p.add_argument("--zip", action="store_true",
                    help="write OUT as a zip for nnUNetv2_install_pretrained_model_from_zip (the layout of "
                         "nnUNetv2_export_model_to_zip: no validation predictions)")
@@ -41,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_transfer.export.share import share_models
 
     result = share_models(args.model_folders, args.output, configurations=args.configurations, folds=args.folds,
-                          zip=args.zip, overwrite=args.overwrite)
+                          zip=args.zip, overwrite=args.overwrite, trainer=args.trainer)
     print(result.describe())
     return 0

@@ -1,5 +1,5 @@
-"""Files: atomic writes (a reader, another rank, a resumed run or nnU-Net, never sees a half-written file) and YAML
-documents that must be mappings (recipes, campaign files)."""
+"""Files: atomic writes (a reader, another rank, a resumed run or nnU-Net, never sees a half-written file), JSON and
+YAML documents that must be mappings (plans, dataset.json, adaptation plans; recipes, campaign files)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["atomic_path", "parse_yaml_mapping", "sha256_file", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "parse_yaml_mapping", "read_json_object", "sha256_file", "write_json_atomic",
+           "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -56,6 +57,26 @@ def parse_yaml_mapping(text: str, where: str, what: str, error: type[Exception])
         raise error(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise error(f"{where}: {what} must be a YAML mapping, found {type(data).__name__}")
+    return data
+
+
+def read_json_object(path: str | os.PathLike, what: str = "", error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing or unreadable file, invalid JSON or anything but an object raises
+    ``error`` naming the file and ``what`` it should be ("plans", "dataset.json", "adaptation plan")."""
+    path = Path(path)
+    label = f"{what} " if what else ""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise error(f"{path}: {label}file not found") from None
+    except OSError as e:
+        raise error(f"{path}: {label}file not readable ({e})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise error(f"{path}: {what + ' is ' if what else ''}not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: {label}must be a JSON object, found {type(data).__name__}")
     return data
 
 

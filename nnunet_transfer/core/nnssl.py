@@ -1,4 +1,4 @@
-"""nnssl (OpenMind) checkpoints: the adaptation plan, architecture presets, and which tensors transfer.
+"""nnssl (OpenMind) checkpoints: recognising them, their adaptation plan and architecture presets.
 
 nnssl is nnU-Net's self-supervised pretraining framework. Its checkpoints are torch zip pickles that load with
 ``weights_only=True``: ``network_weights`` and ``nnssl_adaptation_plan`` (training form: also ``optimizer_state``,
@@ -9,13 +9,13 @@ dynamic_network_architectures class with its kwargs), the pretraining spacing an
 downstream patch size, and where stem, encoder, input projection and learnable positional embedding sit in the
 state dict.
 
-This module (no nnunetv2) validates the plan (:class:`AdaptationPlan`, both spellings ``keys_to_in_proj`` and
-``key_to_in_proj``), resolves the architecture into the ``architecture`` entry of nnU-Net plans
-(:func:`nnunet_architecture`: ``network_class_name``, ``arch_kwargs``, ``_kw_requires_import``) so that the network
-builds from the plans alone, writes nnU-Net plans for it (:func:`nnunet_plans`), and maps the declared stem, encoder
-and positional embedding of the checkpoint onto those a target network declares (:class:`NnsslKeyMap`), whatever
-prefixes either side uses (contrastive variants prefix everything with ``encoder.``). The pretraining decoder and
-head reconstruct images; they are not loaded unless asked for (``load_decoder``), the head never.
+This module (no nnunetv2) reads the format: it recognises an nnssl checkpoint (:func:`detect_nnssl`), validates
+the plan (:class:`AdaptationPlan`, both spellings ``keys_to_in_proj`` and ``key_to_in_proj``) and resolves the
+architecture it names into the ``architecture`` entry of nnU-Net plans (:func:`nnunet_architecture`:
+``network_class_name``, ``arch_kwargs``, ``_kw_requires_import``), so that a bad plan is refused when the file is read.
+Whole nnU-Net plans for the pretrained network are the bridge's
+(:func:`nnunet_transfer.nnunet.plans.nnssl.nnunet_plans`); how the declared stem, encoder and positional embedding
+load onto a target network sits beside the loader (:mod:`nnunet_transfer.core.loading.nnssl_map`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import importlib
 import inspect
 import json
 import pydoc
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,9 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nnunet_transfer.core.io import read_json_object
 from nnunet_transfer.core.loading.keys import strip_wrappers
-from nnunet_transfer.errors import CheckpointError
+from nnunet_transfer.errors import NnsslError
 
 __all__ = [
     "ADAPTATION_PLAN_FILE",
@@ -44,11 +44,8 @@ __all__ = [
     "ArchitecturePlans",
     "NnsslCheckpoint",
     "NnsslError",
-    "NnsslKeyMap",
-    "declared_parts",
     "detect_nnssl",
     "nnunet_architecture",
-    "nnunet_plans",
 ]
 
 PLAN_KEY = "nnssl_adaptation_plan"
@@ -58,10 +55,6 @@ _IMPORTED_KWARGS = ("conv_op", "norm_op", "dropout_op", "nonlin")
 _PRIMUS = "dynamic_network_architectures.architectures.primus.Primus"
 _RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 _PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-
-
-class NnsslError(CheckpointError):
-    """An nnssl checkpoint's adaptation plan is malformed, names an unknown architecture or keys it does not hold."""
 
 
 def _resenc_l() -> dict[str, Any]:
@@ -240,51 +233,6 @@ def nnunet_architecture(plan: AdaptationPlan, patch_size: Sequence[int], where: 
     return {"network_class_name": class_name, "arch_kwargs": kwargs, "_kw_requires_import": imports}
 
 
-def nnunet_plans(plan: AdaptationPlan, *, patch_size: Sequence[int] | None = None, batch_size: int = 2,
-                 configuration: str = "3d_fullres", plans_name: str = "nnsslPlans",
-                 dataset_name: str = "nnssl_pretraining") -> dict[str, Any]:
-    """nnU-Net plans (one configuration) that build the pretrained network: the recommended downstream patch size
-    (or ``patch_size``), the pretraining spacing, z-score normalisation, ``batch_size``. The target's dataset name,
-    intensity statistics and channel count are filled in by the plans transfer."""
-    patch = [int(p) for p in (patch_size if patch_size is not None else plan.recommended_downstream_patchsize)]
-    arch = nnunet_architecture(plan, patch)
-    spacing = plan.pretrain_spacing or [1.0, 1.0, 1.0]
-    conf = plan.pretrain_configuration
-    norm = conf.get("normalization_schemes") or ["ZScoreNormalization"]
-    resample = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
-    configuration_dict = {
-        "data_identifier": f"{plans_name}_{configuration}",
-        "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": int(batch_size),
-        "patch_size": patch,
-        "median_image_size_in_voxels": [float(p) for p in patch],
-        "spacing": [float(s) for s in spacing],
-        "normalization_schemes": list(norm[:1]),
-        "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": resample,
-        "resampling_fn_seg_kwargs": {**resample, "is_seg": True, "order": 1},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {**resample, "order": 1},
-        "architecture": arch,
-        "batch_dice": False,
-    }
-    return {
-        "dataset_name": dataset_name,
-        "plans_name": plans_name,
-        "original_median_spacing_after_transp": [float(s) for s in spacing],
-        "original_median_shape_after_transp": patch,
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {configuration: configuration_dict},
-        "experiment_planner_used": "nnssl adaptation plan (nnunet-transfer)",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {},
-    }
-
-
 # --- the checkpoint -------------------------------------------------------------------------------------------
 
 
@@ -373,10 +321,7 @@ def detect_nnssl(path: Path, entries: Mapping[str, Any], container: str, keys: I
         beside = _plan_beside(path)
         if beside is None:
             return None
-        try:
-            raw = json.loads(beside.read_text())
-        except (OSError, ValueError) as e:
-            raise NnsslError(f"{beside}: not a readable JSON adaptation plan ({e})") from None
+        raw = read_json_object(beside, "adaptation plan", NnsslError)
         source, where = str(beside), ADAPTATION_PLAN_FILE
     if not isinstance(raw, Mapping):
         raise NnsslError(f"{path}: {where} is a {type(raw).__name__}, expected a mapping")
@@ -395,84 +340,3 @@ def detect_nnssl(path: Path, entries: Mapping[str, Any], container: str, keys: I
     form: Literal["training", "released"] = (
         "training" if any(k in entries for k in _TRAINING_ENTRIES) else "released")
     return NnsslCheckpoint(plan, source, form, citations, architecture)
-
-
-# --- loading: the source's declared parts onto the target's ------------------------------------------------------
-
-
-def declared_parts(network: Any, spec_name: str = "") -> tuple[str | None, str | None]:
-    """(stem, encoder) a target network declares (``key_to_stem``, ``key_to_encoder``), with nnU-Net's layouts as
-    defaults for the built-in families (``spec_name``: the network's architecture entry)."""
-    defaults = {"PlainConvUNet": ("encoder.stages.0", "encoder.stages"),
-                "ResidualEncoderUNet": ("encoder.stem", "encoder.stages"),
-                "Primus": ("down_projection", "eva")}.get(spec_name, (None, None))
-
-    def get(attr: str, default: str | None) -> str | None:
-        value = getattr(network, attr, None)
-        return value if isinstance(value, str) and value else default
-
-    return get("key_to_stem", defaults[0]), get("key_to_encoder", defaults[1])
-
-
-_STAGE = re.compile(r"(\d+)\.(?:blocks\.)?(?:(\d+)\.)?")
-
-
-@dataclass
-class NnsslKeyMap:
-    """Maps checkpoint keys onto the target's names by the declared parts: the source's stem onto the target's
-    stem, encoder onto encoder, positional embedding onto positional embedding (longest prefix first, so a stem
-    inside the encoder, as in PlainConvUNet, goes to the stem). Everything else belongs to the pretraining decoder
-    and head: dropped, unless ``load_decoder`` (then kept under its own name where the target has it; heads never).
-    Callable as a loader ``key_map``; records what it dropped."""
-
-    plan: AdaptationPlan
-    target_stem: str | None
-    target_encoder: str | None
-    target_lpe: str | None
-    target_names: frozenset[str]
-    load_decoder: bool = False
-    head_pattern: str = r"(?!)"
-    dropped: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        p = self.plan
-        pairs = [(p.key_to_stem, self.target_stem, "stem"), (p.key_to_encoder, self.target_encoder, "encoder")]
-        self._pairs = sorted(((s, t, what) for s, t, what in pairs if t), key=lambda x: -len(x[0]))
-        self._head = re.compile(self.head_pattern)
-
-    def __call__(self, key: str) -> str | None:
-        name = strip_wrappers(key)
-        if self.plan.key_to_lpe is not None and name == self.plan.key_to_lpe and self.target_lpe:
-            return self.target_lpe
-        for src, tgt, _ in self._pairs:
-            if name.startswith(src + "."):
-                return tgt + name[len(src):]
-        if self.load_decoder and name in self.target_names and not self._head.fullmatch(name):
-            return name
-        self.dropped.append(key)
-        return None
-
-    def in_scope(self, names: Iterable[str]) -> bool:
-        """Whether a target tensor (any of its names) is part of the stem, encoder or positional embedding."""
-        prefixes = tuple(t + "." for t in (self.target_stem, self.target_encoder) if t)
-        return any(n.startswith(prefixes) or n == self.target_lpe for n in names)
-
-    def stage_of(self, name: str) -> tuple[int, int | None] | None:
-        """(stage, block) of a target encoder tensor name (``<encoder>.<stage>.<block>.``), else None."""
-        if not self.target_encoder or not name.startswith(self.target_encoder + "."):
-            return None
-        m = _STAGE.match(name[len(self.target_encoder) + 1:])
-        if m is None:
-            return None
-        return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
-
-    def describe(self) -> str:
-        p = self.plan
-        parts = [f"{what} {src!r} -> {tgt!r}" for src, tgt, what in self._pairs]
-        if p.key_to_lpe and self.target_lpe:
-            parts.append(f"positional embedding {p.key_to_lpe!r} -> {self.target_lpe!r}")
-        return (f"nnssl checkpoint ({p.architecture_plans.arch_class_name}): {', '.join(parts)}; "
-                f"{len(self.dropped)} tensors of the pretraining decoder and head not loaded"
-                + (" (load_decoder: the decoder loads where names and shapes match; heads never)"
-                   if self.load_decoder else " (recipe pretrained.load_decoder: true loads the decoder where shapes "
-                                              "allow)"))

@@ -17,6 +17,7 @@ must look like (:attr:`EncoderBundle.preprocessing`).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,23 @@ from torch import nn
 
 from nnunet_transfer.core.architectures import EncoderLayout, architecture_for
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
+from nnunet_transfer.core.loading.keys import strip_wrappers
 from nnunet_transfer.core.loading.loader import load_pretrained
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.core.loading.report import LoadReport
 from nnunet_transfer.core.schedules.groups import derive_groups
 from nnunet_transfer.encoders.encoder import FeatureSpec, PretrainedEncoder, encoder_layout
-from nnunet_transfer.encoders.preprocessing import (
-    PreprocessingInfo,
-    _read_json,
-    preprocess_image,
-    preprocessing_info,
+from nnunet_transfer.encoders.preprocessing import PreprocessingInfo, preprocess_image, preprocessing_info
+from nnunet_transfer.errors import (
+    CheckpointError,
+    LoadGuardError,
+    MissingTrainerWarning,
+    PlansError,
+    TrainerNotFoundError,
 )
-from nnunet_transfer.errors import CheckpointError, LoadGuardError, PlansError
+from nnunet_transfer.nnunet.datasets import read_json
+from nnunet_transfer.nnunet.model_folder import read_model_folder
+from nnunet_transfer.nnunet.networks import build_network, find_trainer_class
 
 __all__ = ["EncoderBundle", "build_encoder", "encoder_report", "load_encoder"]
 
@@ -98,14 +104,14 @@ def _plans_of(source: SourceCheckpoint, plans, dataset_json, configuration) -> t
             raise PlansError(f"{where}: the checkpoint carries no nnU-Net plans (init_args.plans); pass plans= (the "
                              "model's plans.json) and dataset_json=")
     else:
-        plans = _read_json(plans, "plans")
+        plans = read_json(plans, "plans")
     if dataset_json is None:
         dataset_json = source.dataset_json
         if dataset_json is None:
             raise PlansError(f"{where}: the checkpoint carries no dataset.json (init_args.dataset_json); pass "
                              "dataset_json= (the model's dataset.json)")
     else:
-        dataset_json = _read_json(dataset_json, "dataset.json")
+        dataset_json = read_json(dataset_json, "dataset.json")
     configuration = configuration or source.configuration
     if configuration is None:
         raise PlansError(f"{where}: the checkpoint names no configuration (init_args.configuration); pass "
@@ -113,18 +119,13 @@ def _plans_of(source: SourceCheckpoint, plans, dataset_json, configuration) -> t
     return plans, dataset_json, configuration
 
 
-def _build(plans: dict, configuration: str, dataset_json: dict, trainer: str | type | None) -> nn.Module:
-    from nnunet_transfer.nnunet.networks import build_network
-
-    return build_network(plans, configuration, dataset_json, trainer)
-
-
 def build_encoder(plans: dict[str, Any] | str | os.PathLike, configuration: str,
                   dataset_json: dict[str, Any] | str | os.PathLike, *, trainer: str | type | None = None,
                   features: FeatureSpec = "deepest") -> PretrainedEncoder:
     """The encoder of the network ``trainer`` builds for these plans, randomly initialised (a baseline to compare
     a pretrained encoder with; seed with ``torch.manual_seed`` first)."""
-    network = _build(_read_json(plans, "plans"), configuration, _read_json(dataset_json, "dataset.json"), trainer)
+    network = build_network(read_json(plans, "plans"), configuration, read_json(dataset_json, "dataset.json"),
+                            trainer)
     return PretrainedEncoder.from_network(network, features)
 
 
@@ -161,9 +162,7 @@ def _read(source: str | os.PathLike | SourceCheckpoint, opts: LoadOptions) -> So
 
 def _model_folder(path: Path, configuration: str | None, fold: int | str | None, checkpoint_name: str):
     """(checkpoint path, plans, dataset.json, configuration, trainer) of one fold of an nnU-Net model folder, read by
-    :func:`nnunet_transfer.export.model_folder.read_model_folder`."""
-    from nnunet_transfer.export.model_folder import read_model_folder
-
+    :func:`nnunet_transfer.nnunet.model_folder.read_model_folder`."""
     folder = read_model_folder(path)
     if fold is None:
         raise PlansError(f"{path}: a model folder; name the fold (fold=...; folds here: "
@@ -204,7 +203,9 @@ def load_encoder(
     ``plans.json`` and ``dataset.json``, the fold's ``checkpoint_name``). The network is built from ``plans`` /
     ``configuration`` / ``dataset_json`` (default: the folder's, else the checkpoint's ``init_args``) by
     ``trainer``'s ``build_network_architecture`` (default: the checkpoint's ``trainer_name``; nnU-Net's
-    ``nnUNetTrainer`` if it names none), then loaded with ``options`` (a
+    ``nnUNetTrainer`` if it names none, or one not installed here: then with a
+    :class:`~nnunet_transfer.errors.MissingTrainerWarning`, and a checkpoint encoder tensor the network lacks is
+    refused), then loaded with ``options`` (a
     :class:`~nnunet_transfer.core.loading.options.LoadOptions`; keyword ``overrides`` are its fields: ``rename``,
     ``container``, ...). ``min_coverage`` is the guard over the encoder's parameter elements (default: all of them;
     ``options.min_coverage`` is not used): below it, :class:`~nnunet_transfer.errors.LoadGuardError` (exit code 1)
@@ -226,13 +227,19 @@ def load_encoder(
     src = _read(source, opts)
     fold = _check_fold(src, fold)
     plans_d, dj, conf = _plans_of(src, plans, dataset_json, configuration)
-    if trainer is None:
-        trainer = src.trainer_name or folder_trainer
-    network = _build(plans_d, conf, dj, trainer)
+    notes: list[str] = []
+    missing_trainer = None
+    if trainer is None and src.nnssl is None:  # nnssl's trainer_name is its pretraining trainer: the plans build it
+        trainer, missing_trainer = _installed_trainer(src.trainer_name or folder_trainer, src.path)
+        if missing_trainer is not None:
+            notes.append(missing_trainer)
+    network = build_network(plans_d, conf, dj, trainer)
     layout = encoder_layout(network)
     # the guard that matters is the encoder's (below); the whole network's coverage is only informative here
     full = load_pretrained(network, src, dj.get("labels"), opts.replace(min_coverage=0.0))
     report = encoder_report(full, network, layout, min_coverage)
+    if missing_trainer is not None:
+        _check_no_encoder_tensor_left(report, layout, src, src.trainer_name or folder_trainer)
     if not report.passed:
         missing = [r.key for r in report.tensors if r.is_parameter and r.status in ("skipped", "missing")]
         raise LoadGuardError(
@@ -245,4 +252,35 @@ def load_encoder(
     trainer_name = trainer if isinstance(trainer, str) else getattr(trainer, "__name__", "nnUNetTrainer")
     return EncoderBundle(
         encoder=encoder, report=report, network_report=full, plans=plans_d, configuration=conf, dataset_json=dj,
-        source=Path(src.path), trainer=trainer_name, architecture=architecture_for(network).name, fold=fold)
+        source=Path(src.path), trainer=trainer_name, architecture=architecture_for(network).name, fold=fold,
+        notes=notes)
+
+
+def _installed_trainer(name: str | None, where: object) -> tuple[type | None, str | None]:
+    """The trainer class ``name`` names, or None (nnU-Net's ``nnUNetTrainer``) when it names none or one not installed
+    here; then also the :class:`~nnunet_transfer.errors.MissingTrainerWarning` issued, else None."""
+    if name is None:
+        return None, None
+    try:
+        return find_trainer_class(name), None
+    except TrainerNotFoundError:
+        message = (f"{where}: trainer {name!r} is not installed here; its network is built by nnU-Net's nnUNetTrainer "
+                   "and checked tensor by tensor against the checkpoint (a network of other widths, depth or "
+                   "normalisation is refused), but what has no parameters cannot be checked: if the trainer changed "
+                   "activations, dropout or the forward pass, this encoder computes differently. For an exact rebuild "
+                   "put its module's folder on nnUNet_extTrainer or pass trainer=")
+        warnings.warn(message, MissingTrainerWarning, stacklevel=3)
+        return None, message
+
+
+def _check_no_encoder_tensor_left(report: LoadReport, layout: EncoderLayout, src: SourceCheckpoint,
+                                  trainer: str | None) -> None:
+    """With the checkpoint's trainer not installed, a tensor of the checkpoint's encoder that the network lacks (e.g.
+    BatchNorm running statistics where nnUNetTrainer builds InstanceNorm) means another network: refused."""
+    prefixes = _encoder_names(layout)
+    left = [k for k in report.unused_source_keys if strip_wrappers(k).startswith(prefixes)]
+    if left:
+        raise LoadGuardError(
+            f"{src.path}: the checkpoint's encoder has {len(left)} tensor(s) the network nnUNetTrainer builds lacks "
+            f"(e.g. {', '.join(left[:3])}): trainer {trainer!r}, not installed here, builds another network. Put its "
+            "module's folder on nnUNet_extTrainer, or pass trainer= (a class that builds the same network).", report)

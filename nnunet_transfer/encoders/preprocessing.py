@@ -11,21 +11,28 @@ transposed axis order; for a 2d configuration each slice along the first spatial
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from nnunet_transfer.errors import PlansError
+from nnunet_transfer.nnunet import configuration as nnunet_configuration
+from nnunet_transfer.nnunet.datasets import read_json
 
-if TYPE_CHECKING:
-    from nnunet_transfer.encoders.load import EncoderBundle
+__all__ = ["PlansSource", "PreprocessingInfo", "preprocess_array", "preprocess_image", "preprocessing_info"]
 
-__all__ = ["PreprocessingInfo", "preprocess_array", "preprocess_image", "preprocessing_info"]
+
+class PlansSource(Protocol):
+    """What carries a model's plans, configuration and dataset.json (an
+    :class:`~nnunet_transfer.encoders.EncoderBundle`)."""
+
+    plans: dict[str, Any]
+    configuration: str
+    dataset_json: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -59,85 +66,47 @@ class PreprocessingInfo:
                 f"reader {self.image_reader_writer}, files *{self.file_ending or ''}, preprocessor {self.preprocessor}")
 
 
-def _read_json(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        return dict(value)
-    path = Path(value)
-    if not path.is_file():
-        raise PlansError(f"{path}: {what} file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise PlansError(f"{path}: {what} is not readable JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise PlansError(f"{path}: {what} must be a JSON object")
-    return data
-
-
-def _resolve(source: EncoderBundle | Mapping[str, Any] | str | os.PathLike, configuration: str | None,
+def _resolve(source: PlansSource | Mapping[str, Any] | str | os.PathLike, configuration: str | None,
              dataset_json: Mapping[str, Any] | str | os.PathLike | None) -> tuple[dict, str, dict]:
     plans = getattr(source, "plans", None)
     if plans is not None:  # an EncoderBundle
         configuration = configuration or source.configuration
         dataset_json = dataset_json if dataset_json is not None else source.dataset_json
     else:
-        plans = _read_json(source, "plans")
+        plans = read_json(source, "plans")
     if dataset_json is None:
         raise PlansError("dataset_json is needed with plans (the model's dataset.json: channel names, file ending)")
-    dj = _read_json(dataset_json, "dataset.json")
-    confs = sorted(plans.get("configurations", {}))
-    if configuration is None:
-        raise PlansError(f"configuration: name one of the plans' configurations {confs}")
-    if configuration not in confs:
-        raise PlansError(f"configuration {configuration!r} not in plans {plans.get('plans_name')!r} "
-                         f"(available: {confs})")
-    return dict(plans), configuration, dj
+    dj = read_json(dataset_json, "dataset.json")
+    return dict(plans), nnunet_configuration.check_configuration(plans, configuration), dj
 
 
-def preprocessing_info(source: EncoderBundle | Mapping[str, Any] | str | os.PathLike, configuration: str | None = None,
+def preprocessing_info(source: PlansSource | Mapping[str, Any] | str | os.PathLike, configuration: str | None = None,
                        dataset_json: Mapping[str, Any] | str | os.PathLike | None = None) -> PreprocessingInfo:
     """Spacing, patch size, normalisation (with intensity statistics) and channel names of a configuration.
 
     ``source``: an :class:`~nnunet_transfer.encoders.EncoderBundle` (its plans, configuration, dataset.json), or
     plans (a dict or a ``plans.json`` path) with ``configuration`` and ``dataset_json``."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     plans, configuration, dj = _resolve(source, configuration, dataset_json)
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(configuration)
+    facts = nnunet_configuration.configuration_facts(plans, configuration, dj, f"plans {plans.get('plans_name')!r}")
     known = {"spacing", "patch_size", "normalization_schemes", "use_mask_for_norm", "preprocessor_name"}
     return PreprocessingInfo(
         configuration=configuration,
-        spacing=tuple(float(s) for s in cm.spacing),
-        patch_size=tuple(int(s) for s in cm.patch_size),
-        normalization_schemes=tuple(cm.normalization_schemes),
-        use_mask_for_norm=tuple(bool(u) for u in cm.use_mask_for_norm),
-        intensity_properties={str(k): dict(v) for k, v in pm.foreground_intensity_properties_per_channel.items()},
+        spacing=tuple(facts.spacing),
+        patch_size=tuple(facts.patch_size),
+        normalization_schemes=tuple(facts.normalization_schemes),
+        use_mask_for_norm=tuple(facts.use_mask_for_norm),
+        intensity_properties={str(k): dict(v) for k, v in facts.intensity_properties.items()},
         channel_names={str(k): str(v) for k, v in (dj.get("channel_names") or dj.get("modality") or {}).items()},
-        transpose_forward=tuple(int(a) for a in pm.transpose_forward),
+        transpose_forward=tuple(facts.transpose_forward),
         file_ending=dj.get("file_ending"),
         image_reader_writer=plans.get("image_reader_writer"),
-        preprocessor=cm.configuration.get("preprocessor_name", "DefaultPreprocessor"),
-        extra={k: v for k, v in cm.configuration.items() if k not in known and k != "architecture"},
+        preprocessor=facts.preprocessor_name,
+        extra={k: v for k, v in facts.configuration.items() if k not in known and k != "architecture"},
     )
 
 
-def _managers(plans: dict, configuration: str):
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(configuration)
-    try:
-        preprocessor = cm.preprocessor_class(verbose=False)
-    except Exception as e:
-        name = cm.configuration.get("preprocessor_name")
-        raise PlansError(f"configuration {configuration!r}: preprocessor {name!r} not usable "
-                         f"({type(e).__name__}: {e})") from None
-    return pm, cm, preprocessor
-
-
 def preprocess_image(files: str | os.PathLike | Sequence[str | os.PathLike],
-                     source: EncoderBundle | Mapping[str, Any] | str | os.PathLike,
+                     source: PlansSource | Mapping[str, Any] | str | os.PathLike,
                      configuration: str | None = None,
                      dataset_json: Mapping[str, Any] | str | os.PathLike | None = None,
                      *, return_properties: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
@@ -158,14 +127,12 @@ def preprocess_image(files: str | os.PathLike | Sequence[str | os.PathLike],
     for p in paths:
         if not Path(p).is_file():
             raise PlansError(f"{p}: image file not found")
-    pm, cm, preprocessor = _managers(plans, configuration)
-    data, _, properties = preprocessor.run_case([str(p) for p in paths], None, pm, cm, dj)
-    data = np.ascontiguousarray(data, dtype=np.float32)
+    data, properties = nnunet_configuration.preprocess_files(paths, plans, configuration, dj)
     return (data, properties) if return_properties else data
 
 
 def preprocess_array(data: np.ndarray, spacing: Sequence[float],
-                     source: EncoderBundle | Mapping[str, Any] | str | os.PathLike,
+                     source: PlansSource | Mapping[str, Any] | str | os.PathLike,
                      configuration: str | None = None,
                      dataset_json: Mapping[str, Any] | str | os.PathLike | None = None) -> np.ndarray:
     """An image already in memory, ``(channels, *spatial)`` with ``spacing`` per spatial axis, in the axis order
@@ -180,6 +147,4 @@ def preprocess_array(data: np.ndarray, spacing: Sequence[float],
     if arr.shape[0] != len(channels):
         raise ValueError(f"data has {arr.shape[0]} channel(s), the model takes {len(channels)} "
                          f"({', '.join(f'{k}: {v}' for k, v in channels.items())})")
-    pm, cm, preprocessor = _managers(plans, configuration)
-    out, _, _ = preprocessor.run_case_npy(arr, None, {"spacing": [float(s) for s in spacing]}, pm, cm, dj)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return nnunet_configuration.preprocess_array(arr, spacing, plans, configuration, dj)

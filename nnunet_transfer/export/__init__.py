@@ -2,7 +2,7 @@
 needs beside it (see :mod:`nnunet_transfer.export.exporter`), and sharing a fine-tuned model folder as a plain nnU-Net
 model (see :mod:`nnunet_transfer.export.share`)."""
 
-from nnunet_transfer.export.errors import ExportError, ExportRefusedError, MissingExtraError
+from nnunet_transfer.errors import ExportError, ExportRefusedError, MissingExtraError
 from nnunet_transfer.export.exporter import FORMATS, ExportResult, export_model, export_network, metadata_path
 from nnunet_transfer.export.model_folder import (
     DEFAULT_CHECKPOINT,

@@ -27,18 +27,9 @@ from torch import nn
 
 from nnunet_transfer.core.io import write_json_atomic
 from nnunet_transfer.core.modules import unwrap_network
-from nnunet_transfer.export._nnunet import configuration_facts
-from nnunet_transfer.export.errors import ExportError, ExportRefusedError
+from nnunet_transfer.errors import ExportError, ExportRefusedError
 from nnunet_transfer.export.metadata import inference_metadata, package_versions, total_stride
-from nnunet_transfer.export.model_folder import (
-    DEFAULT_CHECKPOINT,
-    FoldCheckpoint,
-    ModelFolder,
-    build_fold_network,
-    disable_deep_supervision,
-    read_fold_checkpoint,
-    read_model_folder,
-)
+from nnunet_transfer.export.model_folder import build_fold_network
 from nnunet_transfer.export.verify import (
     DEFAULT_RTOL,
     TOLERANCE_RULE,
@@ -48,6 +39,14 @@ from nnunet_transfer.export.verify import (
     compare_weights,
     input_shapes,
 )
+from nnunet_transfer.nnunet.model_folder import (
+    DEFAULT_CHECKPOINT,
+    FoldCheckpoint,
+    ModelFolder,
+    read_fold_checkpoint,
+    read_model_folder,
+)
+from nnunet_transfer.nnunet.networks import disable_deep_supervision
 
 __all__ = ["FORMATS", "ExportResult", "export_model", "export_network", "metadata_path"]
 
@@ -165,17 +164,18 @@ def _onnx_attempt(network: nn.Module, reference: nn.Module, ckpt: FoldCheckpoint
 
 def export_network(network: nn.Module, folder: ModelFolder, checkpoint: FoldCheckpoint, fmt: str, out: str | Path,
                    *, overwrite: bool = False, rtol: float = DEFAULT_RTOL,
-                   echo: Callable[[str], None] | None = None) -> ExportResult:
+                   echo: Callable[[str], None] | None = None, trainer: str | type | None = None) -> ExportResult:
     """Export ``network`` as fold ``checkpoint.fold`` of ``folder``: refused (ExportRefusedError, exit 1, nothing
     written) unless the written file holds exactly that checkpoint's tensors and computes what an eager network
     freshly loaded from it computes (:data:`~nnunet_transfer.export.verify.TOLERANCE_RULE`).
 
     ``network`` is unwrapped (DDP, torch.compile), put in eval mode and its deep supervision switched off.
     ExportError (exit 2) for an unknown format, a missing ONNX extra, or an existing output without ``overwrite``.
+    The reference network is built by ``trainer`` (default: the checkpoint's, see :func:`build_fold_network`).
     """
     out = Path(out)
     extra_versions = _check_request(fmt, out, overwrite)
-    facts = configuration_facts(folder.plans, folder.configuration, folder.dataset_json, str(folder.path))
+    facts = folder.facts()
     network = unwrap_network(network)
     disable_deep_supervision(network)
     network.eval()
@@ -183,7 +183,7 @@ def export_network(network: nn.Module, folder: ModelFolder, checkpoint: FoldChec
     if not before.passed:
         raise ExportRefusedError(f"refused: the network to export does not hold the weights of {checkpoint.path} "
                                  f"(fold {checkpoint.fold}): {before.describe()}; nothing written")
-    reference = build_fold_network(folder, checkpoint)  # independent of ``network``: the outputs' yardstick
+    reference = build_fold_network(folder, checkpoint, trainer)  # independent of ``network``: the outputs' yardstick
     stride = total_stride(facts.configuration)
     patch = facts.patch_size
     can_be_dynamic = stride is not None and all(p % s == 0 and p >= s for p, s in zip(patch, stride, strict=True))
@@ -242,7 +242,8 @@ def export_network(network: nn.Module, folder: ModelFolder, checkpoint: FoldChec
         versions = {**package_versions(), **extra_versions}
         metadata = inference_metadata(folder, checkpoint, network, fmt=fmt, file_name=out.name,
                                       dynamic_spatial=attempt.dynamic_spatial, stride=stride,
-                                      export_info=attempt.info, verification=verification, versions=versions)
+                                      export_info=attempt.info, verification=verification, versions=versions,
+                                      built_by=_trainer_name(trainer))
         write_json_atomic(workdir / "metadata.json", metadata)
         out.parent.mkdir(parents=True, exist_ok=True)
         json_out = metadata_path(out)
@@ -257,22 +258,34 @@ def export_network(network: nn.Module, folder: ModelFolder, checkpoint: FoldChec
     return ExportResult(out, json_out, metadata)
 
 
+def _trainer_name(trainer: str | type | None) -> str | None:
+    return trainer if trainer is None or isinstance(trainer, str) else trainer.__name__
+
+
 def export_model(model_folder: str | Path, fold: int | str, fmt: str, out: str | Path, *,
                  checkpoint_name: str = DEFAULT_CHECKPOINT, overwrite: bool = False, rtol: float = DEFAULT_RTOL,
-                 echo: Callable[[str], None] | None = None) -> ExportResult:
+                 echo: Callable[[str], None] | None = None, trainer: str | type | None = None) -> ExportResult:
     """``nnunet-transfer export``: fold ``fold`` of the ``Trainer__Plans__Configuration`` folder to ``out``
-    (``"torchscript"`` or ``"onnx"``), with the JSON at :func:`metadata_path`. See :func:`export_network`."""
+    (``"torchscript"`` or ``"onnx"``), with the JSON at :func:`metadata_path`. See :func:`export_network`.
+
+    The network is built by the checkpoint's trainer class, as nnU-Net's predictor builds it; where that class is not
+    installed here (a model trained with someone's own trainer), ``trainer`` names an installed one that builds the
+    same network (e.g. ``"nnUNetTrainer"``): the weights are still checked tensor by tensor."""
     out = Path(out)
     _check_request(fmt, out, overwrite)  # before the (slow) reading: bad requests fail at once
     folder = read_model_folder(model_folder)
     checkpoint = read_fold_checkpoint(folder, fold, checkpoint_name)
     _say(echo, f"model: {folder.path} fold {checkpoint.fold} ({checkpoint.path.name}, epoch {checkpoint.epoch}, "
                f"trainer {checkpoint.trainer_name}, sha256 {checkpoint.sha256[:12]}...)")
-    if checkpoint.trainer_name != folder.trainer:
+    if trainer is not None:
+        _say(echo, f"note: the network is built by {_trainer_name(trainer)} (--trainer), not by the checkpoint's "
+                   f"{checkpoint.trainer_name}")
+    elif checkpoint.trainer_name != folder.trainer:
         _say(echo, f"note: the checkpoint was written by {checkpoint.trainer_name}, the folder is named after "
                    f"{folder.trainer}; the network is built by {checkpoint.trainer_name} (as nnU-Net's predictor does)")
-    network = build_fold_network(folder, checkpoint)
-    result = export_network(network, folder, checkpoint, fmt, out, overwrite=overwrite, rtol=rtol, echo=echo)
+    network = build_fold_network(folder, checkpoint, trainer)
+    result = export_network(network, folder, checkpoint, fmt, out, overwrite=overwrite, rtol=rtol, echo=echo,
+                            trainer=trainer)
     md = result.metadata["export"]
     spatial = (f"spatial axes dynamic in multiples of {md['spatial_multiple_of']}" if md["dynamic_spatial"]
                else f"spatial size fixed to the patch {result.metadata['patch_size']}")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from nnunet_transfer.core.modules import unwrap_network
-from nnunet_transfer.export._nnunet import ConfigurationFacts, configuration_facts
-from nnunet_transfer.export.model_folder import FoldCheckpoint, ModelFolder
+from nnunet_transfer.nnunet.configuration import ConfigurationFacts
+from nnunet_transfer.nnunet.model_folder import FoldCheckpoint, ModelFolder
 
 __all__ = ["SCHEMA", "WHAT_IT_IS", "inference_metadata", "output_channels", "package_versions", "total_stride"]
 
@@ -84,9 +84,10 @@ def output_channels(dataset_json: dict[str, Any], facts: ConfigurationFacts) -> 
 def inference_metadata(folder: ModelFolder, checkpoint: FoldCheckpoint, network: nn.Module, *, fmt: str,
                        file_name: str, dynamic_spatial: bool, stride: list[int] | None,
                        export_info: dict[str, Any], verification: dict[str, Any],
-                       versions: dict[str, str | None]) -> dict[str, Any]:
-    """The sidecar JSON's content (see the module docstring)."""
-    facts = configuration_facts(folder.plans, folder.configuration, folder.dataset_json, str(folder.path))
+                       versions: dict[str, str | None], built_by: str | None = None) -> dict[str, Any]:
+    """The sidecar JSON's content (see the module docstring). ``built_by``: the trainer that built the network when
+    it is not the checkpoint's (``--trainer``), recorded as ``source.network_built_by``."""
+    facts = folder.facts()
     dj = folder.dataset_json
     channel_names = dj.get("channel_names") or dj.get("modality") or {}
     normalization = [
@@ -125,6 +126,7 @@ def inference_metadata(folder: ModelFolder, checkpoint: FoldCheckpoint, network:
             "checkpoint": str(checkpoint.path.resolve()),
             "checkpoint_sha256": checkpoint.sha256,
             "epoch": checkpoint.epoch,
+            **({"network_built_by": built_by} if built_by else {}),
         },
         "network": {
             "class": f"{type(net).__module__}.{type(net).__qualname__}",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_transfer.export.errors import MissingExtraError
+from nnunet_transfer.errors import MissingExtraError
 
 __all__ = ["ONNX_PACKAGES", "OnnxExport", "export_onnx", "onnx_initializers", "onnx_runner", "require_onnx"]
 

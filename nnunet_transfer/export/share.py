@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_transfer.core.io import sha256_file
-from nnunet_transfer.errors import TransferError
-from nnunet_transfer.export.errors import ExportError, ExportRefusedError
-from nnunet_transfer.export.model_folder import ModelFolder, read_model_folder
+from nnunet_transfer.errors import ExportError, ExportRefusedError, TrainerNotFoundError, TransferError
+from nnunet_transfer.export.model_folder import trainer_not_installed
+from nnunet_transfer.nnunet.model_folder import ModelFolder, read_model_folder
 
 __all__ = ["OUR_KEY_PREFIX", "SHARE_RECORD", "SharedModel", "ShareResult", "share_models", "stock_trainer_for"]
 
@@ -151,8 +151,7 @@ def _check_network(folder: ModelFolder, plans: dict[str, Any], stock: type, weig
     fold's weights strictly."""
     import torch
 
-    from nnunet_transfer.export.model_folder import disable_deep_supervision
-    from nnunet_transfer.nnunet.networks import build_network
+    from nnunet_transfer.nnunet.networks import build_network, disable_deep_supervision
 
     try:
         with torch.device("meta"):
@@ -258,7 +257,7 @@ class _Plan:
     checkpoints: dict[Path, dict[str, Any]]
 
 
-def _plan(folder: ModelFolder, folds: Sequence[str] | None) -> _Plan:
+def _plan(folder: ModelFolder, folds: Sequence[str] | None, builder: str | type | None = None) -> _Plan:
     from nnunet_transfer.core.loading.keys import strip_wrappers
 
     chosen = _folds(folder, folds)
@@ -281,7 +280,12 @@ def _plan(folder: ModelFolder, folds: Sequence[str] | None) -> _Plan:
         raise ExportRefusedError(f"model folder {folder.path}: its checkpoints name different trainers "
                                  f"({', '.join(sorted(trainers))}); not shared")
     trainer = trainers.pop()
-    stock = stock_trainer_for(trainer)
+    try:
+        stock = stock_trainer_for(builder if builder is not None else trainer)
+    except TrainerNotFoundError as e:
+        if builder is not None:
+            raise
+        raise trainer_not_installed(e, f"model folder {folder.path}") from None
     for rel, ckpt in checkpoints.items():
         _check_network(folder, plans, stock, ckpt["network_weights"], folder.path / rel)
         checkpoints[rel] = _stock_checkpoint(ckpt, stock)
@@ -340,6 +344,7 @@ def share_models(
     folds: Sequence[str] | None = None,
     zip: bool = False,
     overwrite: bool = False,
+    trainer: str | type | None = None,
 ) -> ShareResult:
     """Write plain nnU-Net copies of ``model_folders`` (each a ``Trainer__Plans__Configuration`` folder, or a
     ``DatasetXXX_Name`` results folder for all its model folders, filtered by ``configurations``) under ``output``
@@ -348,11 +353,13 @@ def share_models(
     Everything is read and checked before anything is written: ExportError (exit 2) for unusable input (not a model
     folder, a missing fold, an existing output without ``overwrite``, a network plain nnU-Net cannot rebuild),
     ExportRefusedError (exit 1) for an ambiguous model (checkpoints naming different trainers, prefixed weights).
-    The folders given are only read.
+    The folders given are only read. ``trainer``: the trainer whose network the checkpoints hold, where theirs is
+    not installed here (default: the checkpoints' ``trainer_name``); the stock network it builds must load every
+    fold's weights strictly, as always.
     """
     output = Path(output)
     folders = _model_folders(model_folders, configurations)
-    plans = [_plan(f, folds) for f in folders]
+    plans = [_plan(f, folds, trainer) for f in folders]
     seen: dict[str, Path] = {}
     for p in plans:
         if p.model.destination in seen:

@@ -7,13 +7,14 @@ import. Nothing here changes the environment.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from nnunet_transfer.core.io import read_json_object
 from nnunet_transfer.errors import PlansError
 
 __all__ = [
@@ -101,18 +102,12 @@ class TargetDataset:
     dataset_json: dict[str, Any]
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; PlansError naming the file when it is missing, invalid or not an object."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise PlansError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise PlansError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise PlansError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+def read_json(source: Mapping[str, Any] | str | os.PathLike, what: str = "") -> dict[str, Any]:
+    """A JSON object from the file ``source`` (a mapping is taken as already read); PlansError naming the file (and
+    ``what`` it should be: "plans", "dataset.json") when it is missing, invalid or not an object."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    return read_json_object(source, what, PlansError)
 
 
 def _candidates(dataset_id: int, roots: NnUNetRoots) -> list[str]:

@@ -14,14 +14,18 @@ from typing import Any
 
 from torch import nn
 
-from nnunet_transfer.errors import PlansError, TransferError
+from nnunet_transfer.core.modules import unwrap_network
+from nnunet_transfer.errors import PlansError, TrainerNotFoundError, TransferError
+from nnunet_transfer.nnunet.configuration import plans_managers
 
-__all__ = ["accepts_deep_supervision", "build_from_plans", "build_network", "find_trainer_class"]
+__all__ = ["accepts_deep_supervision", "build_from_plans", "build_network", "disable_deep_supervision",
+           "find_trainer_class"]
 
 
 def find_trainer_class(trainer: str | type | None = None) -> type:
     """The trainer class: nnU-Net's ``nnUNetTrainer`` for None, a class as given, a name resolved as
-    ``nnUNetv2_train -tr NAME`` resolves it (nnU-Net's trainers, then the ``nnUNet_extTrainer`` folders)."""
+    ``nnUNetv2_train -tr NAME`` resolves it (nnU-Net's trainers, then the ``nnUNet_extTrainer`` folders).
+    :class:`~nnunet_transfer.errors.TrainerNotFoundError` (a PlansError) when no trainer has that name."""
     if trainer is None:
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -41,9 +45,10 @@ def find_trainer_class(trainer: str | type | None = None) -> type:
             warnings.simplefilter("ignore")
             return recursive_find_trainer_class_by_name(trainer)
     except RuntimeError:
-        raise PlansError(f"trainer {trainer!r}: not found among nnU-Net's trainers (nnunetv2.training.nnUNetTrainer) "
-                         f"nor in the folders of nnUNet_extTrainer ({os.environ.get('nnUNet_extTrainer') or 'unset'}); "
-                         "check the name, or put the folder of its module on nnUNet_extTrainer") from None
+        raise TrainerNotFoundError(
+            f"trainer {trainer!r}: not found among nnU-Net's trainers (nnunetv2.training.nnUNetTrainer) nor in the "
+            f"folders of nnUNet_extTrainer ({os.environ.get('nnUNet_extTrainer') or 'unset'}); check the name, or put "
+            "the folder of its module on nnUNet_extTrainer", trainer) from None
     except AssertionError:
         raise PlansError(f"trainer {trainer!r}: found, but not a subclass of nnUNetTrainer") from None
     except ImportError as e:
@@ -71,14 +76,9 @@ def build_network(
     trainer and configuration.
     """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     cls = find_trainer_class(trainer)
-    pm = PlansManager(plans)
-    available = sorted(plans.get("configurations", {}))
-    if configuration not in available:
-        raise PlansError(f"configuration {configuration!r} not in plans {pm.plans_name!r} (available: {available})")
-    cm = pm.get_configuration(configuration)
+    pm, cm = plans_managers(plans, configuration)
     num_inputs = determine_num_input_channels(pm, cm, dataset_json)
     heads = pm.get_label_manager(dataset_json).num_segmentation_heads
     build = cls.build_network_architecture
@@ -120,3 +120,13 @@ def build_from_plans(configuration_manager: Any, num_input_channels: int, num_ou
         name, configuration_manager.network_arch_init_kwargs, configuration_manager.network_arch_init_kwargs_req_import,
         num_input_channels, num_output_channels, allow_init=True,
         deep_supervision=enable_deep_supervision if accepts_deep_supervision(name) else None)
+
+
+def disable_deep_supervision(network: nn.Module) -> bool:
+    """Switch deep supervision off as nnU-Net's trainer does (``decoder.deep_supervision = False`` on the unwrapped
+    network); False when the network has no such switch."""
+    decoder = getattr(unwrap_network(network), "decoder", None)
+    if decoder is None or not hasattr(decoder, "deep_supervision"):
+        return False
+    decoder.deep_supervision = False
+    return True

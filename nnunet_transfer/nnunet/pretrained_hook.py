@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from nnunet_transfer.errors import PretrainedSeamWarning
+
 __all__ = ["PRETRAINED_SEAM", "PretrainedSeamWarning", "check_pretrained_seam", "install_pretrained_hook",
            "seam_problems"]
 
@@ -28,10 +30,6 @@ _MODULES = ("nnunetv2.run.load_pretrained_weights", "nnunetv2.run.run_training")
 
 _TRAINERS: weakref.WeakSet = weakref.WeakSet()
 _PROBLEMS: list[str] | None = None  # of the installed hook's seam check
-
-
-class PretrainedSeamWarning(UserWarning):
-    """nnU-Net no longer calls ``load_pretrained_weights`` the way the ``-pretrained_weights`` hook expects."""
 
 
 def _names_used(code: types.CodeType) -> set[str]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from nnunet_transfer.core.architectures import EncoderLayout, architecture_for
 from nnunet_transfer.encoders import PretrainedEncoder, build_encoder, encoder_layout, load_encoder, resolve_features
-from nnunet_transfer.errors import ArchitectureError, LoadGuardError, PlansError
+from nnunet_transfer.errors import ArchitectureError, LoadGuardError, MissingTrainerWarning, PlansError
 from nnunet_transfer.nnunet.networks import build_network
 
 FEATURES = (4, 8, 16)
@@ -189,6 +189,78 @@ def test_the_trainer_that_built_the_network_builds_it_again(tmp_path):
     assert torch.equal(bundle.encoder.stages[0][0].convs[0].norm.running_mean, torch.full((4,), 0.5))  # buffers too
     with pytest.raises(PlansError, match=r"trainer 'nnUNetTrainerNoSuchThing': not found"):
         load_encoder(path, trainer="nnUNetTrainerNoSuchThing")
+
+
+def _named_trainer(path, name: str, plans: dict | None = None) -> None:
+    """Rewrite a checkpoint as written by trainer ``name`` (someone's own nnUNetTrainer subclass, not installed
+    here), optionally with other plans in its init_args."""
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["trainer_name"] = name
+    if plans is not None:
+        ckpt["init_args"]["plans"] = plans
+    torch.save(ckpt, path)
+
+
+NOT_INSTALLED = r"trainer 'nnUNetTrainer_SomeonesOwn' is not installed here; its network is built by nnU-Net's nnUNetTrainer"
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["PlainConvUNet", "ResEnc"])
+def test_a_trainer_not_installed_here_builds_with_nnunets_trainer_and_warns(tmp_path, residual):
+    """The usual downloaded model: trained with the author's own subclass of nnUNetTrainer, which keeps nnU-Net's
+    network. The encoder loads into the network nnUNetTrainer builds, verified tensor by tensor, with a warning."""
+    plans = encoder_plans(residual)
+    path, _ = save_checkpoint(tmp_path / "ck.pth", plans, "3d_fullres")
+    _named_trainer(path, "nnUNetTrainer_SomeonesOwn")
+    with pytest.warns(MissingTrainerWarning, match=NOT_INSTALLED + r".*activations"):
+        bundle = load_encoder(path, features="all")
+    assert bundle.trainer == "nnUNetTrainer" and bundle.report.coverage == 1.0
+    assert any("not installed here" in n for n in bundle.notes)
+    weights = torch.load(path, weights_only=False)["network_weights"]
+    state = bundle.encoder.state_dict()
+    assert state and all(torch.equal(v, weights[bundle.encoder.source_name(k)]) for k, v in state.items())
+    # the trainer named explicitly is never replaced
+    with pytest.raises(PlansError, match=r"trainer 'nnUNetTrainer_SomeonesOwn': not found"):
+        load_encoder(path, trainer="nnUNetTrainer_SomeonesOwn")
+
+
+def test_a_trainer_not_installed_here_that_built_another_network_is_refused(tmp_path):
+    """A trainer of its own widths (8-16-32 where the plans say 4-8-16): the network nnUNetTrainer builds does not
+    match, and the encoder guard refuses it, after the warning."""
+    plans = encoder_plans()
+    wider = copy.deepcopy(plans)
+    wider["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32]
+    path, _ = save_checkpoint(tmp_path / "ck.pth", wider, "3d_fullres")
+    _named_trainer(path, "nnUNetTrainer_SomeonesOwn", plans=plans)
+    with pytest.warns(MissingTrainerWarning, match=NOT_INSTALLED), \
+            pytest.raises(LoadGuardError, match=r"only 0\.0% of the encoder's parameters would come from the checkpoint"):
+        load_encoder(path)
+
+
+def test_a_trainer_not_installed_here_with_other_norms_is_refused(tmp_path):
+    """BatchNorm weights fit InstanceNorm's affine parameters in shape; the running statistics the checkpoint's
+    encoder has and nnUNetTrainer's network lacks give the other network away."""
+    plans = encoder_plans()
+    path, _ = save_checkpoint(tmp_path / "ck.pth", plans, "3d_fullres", trainer="nnUNetTrainerBN")
+    _named_trainer(path, "nnUNetTrainer_SomeonesOwn")
+    with pytest.warns(MissingTrainerWarning), pytest.raises(
+            LoadGuardError, match=r"the checkpoint's encoder has \d+ tensor\(s\) the network nnUNetTrainer builds lacks "
+                                  r"\(e\.g\. encoder\.stages\.0\.0\.convs\.0\.norm\.running_mean"):
+        load_encoder(path)
+
+
+def test_a_model_folder_of_a_trainer_not_installed_here(tmp_path):
+    import json
+
+    plans = encoder_plans()
+    folder = tmp_path / "Dataset990_Unit" / "nnUNetTrainer_SomeonesOwn__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(make_dataset_json()))
+    path, _ = save_checkpoint(folder / "fold_0" / "checkpoint_final.pth", plans, "3d_fullres")
+    _named_trainer(path, "nnUNetTrainer_SomeonesOwn")
+    with pytest.warns(MissingTrainerWarning, match=NOT_INSTALLED):
+        bundle = load_encoder(folder, fold=0)
+    assert bundle.trainer == "nnUNetTrainer" and bundle.report.coverage == 1.0
 
 
 def test_feature_requests_and_layouts():

@@ -395,6 +395,54 @@ def test_tampered_checkpoint_is_refused(plain_folder, tmp_path, capsys, change, 
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def someones_own(folder: Path, root: Path) -> Path:
+    """A copy of ``folder`` as a model trained with someone's own nnUNetTrainer subclass, not installed here (the
+    usual downloaded model): the folder and every checkpoint name nnUNetTrainer_SomeonesOwn."""
+    copy_ = root / folder.parent.name / f"nnUNetTrainer_SomeonesOwn__{folder.name.split('__', 1)[1]}"
+    shutil.copytree(folder, copy_)
+    for ckpt in copy_.glob("fold_*/checkpoint_final.pth"):
+        _rewrite_checkpoint(ckpt, lambda c: c.update(trainer_name="nnUNetTrainer_SomeonesOwn"))
+    return copy_
+
+
+def test_a_trainer_not_installed_here_needs_trainer_and_then_exports(plain_folder, tmp_path, capsys):
+    """Refused by default (exit 2, one line naming --trainer); with --trainer nnUNetTrainer the network of the plans
+    is built by nnU-Net's trainer, holds the fold's weights, and the export computes what the eager network does."""
+    folder = someones_own(plain_folder, tmp_path / "results")
+    out = tmp_path / "m.pt"
+    code, err = export_cli(capsys, folder, "-f", "0", "--format", "torchscript", "-o", out)
+    assert code == 2
+    assert_one_line(err, "checkpoint_final.pth: trainer 'nnUNetTrainer_SomeonesOwn': not found",
+                    "give --trainer NAME (Python: trainer=NAME)")
+    assert not out.exists() and not metadata_path(out).exists()
+
+    code, err = export_cli(capsys, folder, "-f", "0", "--format", "torchscript", "-o", out, "--trainer",
+                           "nnUNetTrainer")
+    assert code == 0, err
+    meta = json.loads(metadata_path(out).read_text())
+    assert meta["source"]["trainer"] == "nnUNetTrainer_SomeonesOwn"
+    assert meta["source"]["network_built_by"] == "nnUNetTrainer"
+    eager, _ = eager_from_checkpoint(plain_folder)  # the same weights, loaded with plain torch
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(run_export(out, "torchscript", x), eager(x), rtol=1e-4, atol=1e-5)
+    # the API takes the same choice
+    result = export_model(folder, 0, "torchscript", tmp_path / "api.pt", trainer="nnUNetTrainer")
+    assert result.metadata["source"]["network_built_by"] == "nnUNetTrainer"
+
+
+def test_trainer_that_builds_another_network_is_refused(tmp_path, capsys):
+    """--trainer nnUNetTrainer on a BatchNorm model (its trainer not installed here): the checkpoint does not fit
+    the network nnUNetTrainer builds (running statistics), exit 1, nothing written."""
+    folder = someones_own(make_model_folder(tmp_path / "bn", "bn3d"), tmp_path / "results")
+    out = tmp_path / "m.pt"
+    code, err = export_cli(capsys, folder, "-f", "0", "--format", "torchscript", "-o", out, "-tr", "nnUNetTrainer")
+    assert code == 1
+    assert_one_line(err, "does not fit the network nnUNetTrainer builds", "not in the network (first: ",
+                    "running_mean")
+    assert not out.exists() and not metadata_path(out).exists()
+
+
 BAD_INPUTS = [
     ("missing-fold", "fold 3: "),
     ("missing-configuration", "configuration '3d_lowres' (from the folder name) is not in"),

@@ -258,3 +258,60 @@ def test_ddp_wrapped_network_gloo(tmp_path, unet_factory):
         assert torch.equal(r0["state"][k], r1["state"][k]), k  # and stayed identical after training steps
     assert not torch.equal(r0["state"]["decoder.stages.0.convs.0.conv.weight"],
                            r0["loaded"]["decoder.stages.0.convs.0.conv.weight"])  # the steps did train
+
+
+def test_a_family_rule_and_a_format_extend_the_decision_without_an_edit_of_the_loader(tmp_path, unet_factory):
+    """plan_load asks a chain of rules per tensor: a rule registered for one architecture family answers for its
+    networks only (here: keep ResEnc stems fresh), and a registered checkpoint format maps keys and adds notes."""
+    from nnunet_transfer.core.loading.rules import (
+        Decision,
+        LoadFormat,
+        register_load_format,
+        register_tensor_rule,
+        unregister_load_format,
+        unregister_tensor_rule,
+    )
+
+    def fresh_stem(ctx, case):
+        if not case.key.startswith("encoder.stem."):
+            return None
+        return Decision("skipped", "test_fresh_stem", "stem: kept fresh by a family rule")
+
+    class Shouting(LoadFormat):  # a format that writes every key in capitals (no prefix rule can undo that)
+        name = "shouting"
+
+        @classmethod
+        def applies(cls, source):
+            return all(k.isupper() for k in source.state_dict)
+
+        def key_map(self):
+            return str.lower
+
+        def finish(self, records, mapping):
+            return [f"shouting format: {sum(r.status == 'loaded' for r in records)} tensors loaded"]
+
+    src = unet_factory(residual=True, seed=1)
+    path = tmp_path / "c.pth"
+    torch.save({"network_weights": {k.upper(): v for k, v in src.state_dict().items()},
+                "init_args": {"dataset_json": {"labels": LABELS}}}, path)
+    register_tensor_rule(fresh_stem, family="ResidualEncoderUNet")
+    register_load_format(Shouting)
+    try:
+        res = unet_factory(residual=True, seed=2)
+        report = load_pretrained(res, path, LABELS, min_coverage=0.5)
+        stem = [r for r in report.tensors if r.key.startswith("encoder.stem.")]
+        assert stem and {(r.status, r.code) for r in stem} == {("skipped", "test_fresh_stem")}
+        assert all(r.status == "loaded" for r in report.tensors if not r.key.startswith("encoder.stem."))
+        assert torch.equal(res.state_dict()["decoder.seg_layers.1.weight"], src.state_dict()["decoder.seg_layers.1.weight"])
+        assert report.notes[0] == f"shouting format: {len(report.tensors) - len(stem)} tensors loaded"
+        plain = unet_factory(seed=2)  # another family: the rule does not answer (its stem is stages.0), the format does
+        plain_src = unet_factory(seed=1)
+        torch.save({"network_weights": {k.upper(): v for k, v in plain_src.state_dict().items()}}, path)
+        assert load_pretrained(plain, path, map_heads=False).coverage == 1.0
+    finally:
+        unregister_tensor_rule(fresh_stem)
+        unregister_load_format(Shouting)
+    from nnunet_transfer import plan_load, read_checkpoint
+
+    report, _ = plan_load(unet_factory(seed=2), read_checkpoint(path))  # unregistered: nothing lowers the keys
+    assert report.coverage == 0.0 and not any("shouting" in n for n in report.notes)

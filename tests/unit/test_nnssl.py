@@ -23,8 +23,9 @@ from nnssl_data import (
 from nnunet_transfer import LoadOptions, load_pretrained, plan_load, read_checkpoint
 from nnunet_transfer.cli import main
 from nnunet_transfer.core.loading.adapt import adapt_input_channels
-from nnunet_transfer.core.nnssl import PRESETS, NnsslError, nnunet_architecture, nnunet_plans
+from nnunet_transfer.core.nnssl import PRESETS, NnsslError, nnunet_architecture
 from nnunet_transfer.errors import LoadGuardError
+from nnunet_transfer.nnunet.plans.nnssl import nnunet_plans
 
 STEM = "encoder.stem.convs.0.conv.weight"
 

@@ -214,3 +214,22 @@ def test_check_uses_the_recipes_pretrained_section_and_checkpoint(tmp_path):
     proc = run([*cli[:-1], "quick"], env, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no checkpoint to check: give CHECKPOINT, or a --recipe whose pretrained.checkpoint names one" in proc.stderr
+
+
+def test_check_tr_names_the_trainer_that_builds_the_network(tmp_path, monkeypatch, capsys):
+    """check's -tr is the trainer whose network is built: one not installed here is a one-line usage error that points
+    at -tr (the same idea as export's and share's --trainer, one flag)."""
+    from nnunet_transfer.cli import main
+
+    env = _target_dataset(tmp_path)
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, env[key])
+    _save(make_unet(seed=1).state_dict(), tmp_path / "pretrained.pth")
+    args = ["check", str(tmp_path / "pretrained.pth"), "-d", "990", "-c", "3d_fullres"]
+    assert main([*args, "-tr", "nnUNetTrainer"]) == 0
+    capsys.readouterr()
+    assert main([*args, "-tr", "nnUNetTrainer_SomeonesOwn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nnunet-transfer check: error: -tr nnUNetTrainer_SomeonesOwn: trainer "
+                                               "'nnUNetTrainer_SomeonesOwn': not found")
+    assert "-tr names the trainer whose network is built (leave it out for nnU-Net's nnUNetTrainer)" in err[0]

@@ -161,7 +161,8 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch
     # trainers hard-code their network
     from nnssl_data import PRIMUS_KEYS, adaptation_plan, primus_kwargs
 
-    from nnunet_transfer.core.nnssl import AdaptationPlan, nnunet_plans
+    from nnunet_transfer.core.nnssl import AdaptationPlan
+    from nnunet_transfer.nnunet.plans.nnssl import nnunet_plans
 
     primus_plans = nnunet_plans(AdaptationPlan.model_validate(adaptation_plan("Primus", PRIMUS_KEYS, primus_kwargs())),
                                 dataset_name="Dataset990_Unit")
@@ -179,3 +180,27 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch
     assert _run(capsys, folder, "-o", out, "--overwrite")[0] == 0 and not (shared / "marker").exists()
     code, err = _run(capsys, folder, "-o", folder / "sub")
     assert code == 2 and "is never changed" in err and not (folder / "sub").exists()
+
+
+def test_a_trainer_not_installed_here_shares_with_trainer(tmp_path, capsys):
+    """A model trained with someone's own nnUNetTrainer subclass (not installed here): refused by default naming
+    --trainer; with -tr nnUNetTrainer the stock network must load every fold strictly, and the copy is shared."""
+    import shutil
+
+    built = _model_folder(tmp_path / "built", trainer="nnUNetTrainer")
+    folder = tmp_path / "results" / "Dataset990_Unit" / "nnUNetTrainer_SomeonesOwn__nnUNetPlans__3d_fullres"
+    shutil.copytree(built, folder)
+    for ckpt in folder.glob("fold_*/checkpoint_final.pth"):
+        torch.save({**torch.load(ckpt, weights_only=False), "trainer_name": "nnUNetTrainer_SomeonesOwn"}, ckpt)
+    out = tmp_path / "out"
+    assert main(["share", str(folder), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "trainer 'nnUNetTrainer_SomeonesOwn': not found" in err and "give --trainer NAME" in err
+    assert not out.exists()
+    assert main(["share", str(folder), "-o", str(out), "--trainer", "nnUNetTrainer"]) == 0
+    shared = out / "Dataset990_Unit" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    record = json.loads((shared / SHARE_RECORD).read_text())
+    assert record["trainer"] == "nnUNetTrainer_SomeonesOwn" and record["stock_trainer"] == "nnUNetTrainer"
+    new = torch.load(shared / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    assert new["trainer_name"] == "nnUNetTrainer"

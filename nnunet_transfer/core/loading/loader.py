@@ -28,14 +28,27 @@ from nnunet_transfer.core.loading.adapt import (
 )
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
 from nnunet_transfer.core.loading.heads import HeadChannels, head_channels, match_channels
-from nnunet_transfer.core.loading.keys import normalize_keys
+from nnunet_transfer.core.loading.keys import KeyMap, normalize_keys
+from nnunet_transfer.core.loading.nnssl_map import NnsslFormat
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, ReasonCode, TensorRecord
+from nnunet_transfer.core.loading.rules import (
+    Decision,
+    LoadContext,
+    TensorCase,
+    TensorRule,
+    decide,
+    format_for,
+    rules_for,
+)
 from nnunet_transfer.core.modules import unwrap_network
-from nnunet_transfer.core.nnssl import NnsslKeyMap, declared_parts
 from nnunet_transfer.errors import LoadGuardError, NonFiniteWeightsError
 
-__all__ = ["DEFAULT_HEAD_PATTERN", "LoadOptions", "load_pretrained", "plan_load", "unwrap_network"]
+__all__ = ["DEFAULT_HEAD_PATTERN", "FORMATS", "TENSOR_RULES", "LoadOptions", "load_pretrained", "plan_load",
+           "unwrap_network"]
+
+#: the checkpoint formats shipped (registered with :func:`~nnunet_transfer.core.loading.rules.register_load_format`)
+FORMATS = (NnsslFormat,)
 
 # used when LoadOptions.head_pattern is None ("as the architecture declares")
 DEFAULT_HEAD_PATTERN = SEG_LAYERS_HEAD_PATTERN  # nnU-Net's U-Nets; the registry gives every family its own
@@ -125,6 +138,64 @@ def _map_heads(
     return "adapted", ReasonCode.HEAD_MAPPED, why, value, mapping
 
 
+def _nonfinite_rule(ctx: LoadContext, case: TensorCase) -> Decision | None:
+    if _is_finite(case.source):
+        return None
+    bad = int((~torch.isfinite(case.source)).sum())
+    ctx.nonfinite.append(f"{case.source_key} ({bad} of {case.source.numel()} values NaN/Inf)")
+    return Decision("skipped", ReasonCode.NONFINITE.value, f"{bad} NaN/Inf values")
+
+
+def _head_rule(ctx: LoadContext, case: TensorCase) -> Decision | None:
+    if not case.is_head:
+        return None
+    if not ctx.options.map_heads:
+        return Decision("skipped", ReasonCode.HEAD_OFF.value, "head: map_heads is off; fresh init")
+    status, code, reason, value, mapping = _map_heads(case.source, case.target, ctx.source_channels,
+                                                      ctx.target_channels)
+    return Decision(status, code.value, reason, value, mapping)
+
+
+def _exact_rule(ctx: LoadContext, case: TensorCase) -> Decision | None:
+    if case.source.shape != case.target.shape:
+        return None
+    return Decision("loaded", ReasonCode.EXACT.value, "exact", case.source)
+
+
+def _positional_embedding_rule(ctx: LoadContext, case: TensorCase) -> Decision | None:
+    if ctx.positional_embedding is None or ctx.positional_embedding not in case.names:
+        return None
+    return Decision(*_adapt_pos_embed(case.source, case.target, case.owner, ctx))
+
+
+def _adapt_rule(ctx: LoadContext, case: TensorCase) -> Decision:
+    return Decision(*_adapt(case.key, case.source, case.target, case.owner, case.key in ctx.first_conv,
+                            ctx.options))
+
+
+#: the loader's own rules, asked after those of the format and the family (see :mod:`.rules`); the last always answers
+TENSOR_RULES: tuple[TensorRule, ...] = (_nonfinite_rule, _head_rule, _exact_rule, _positional_embedding_rule,
+                                        _adapt_rule)
+
+
+def _context(mod: nn.Module, source: SourceCheckpoint, targets: list[_Target], options: LoadOptions,
+             target_labels: Mapping[str, Any] | Sequence[str] | None,
+             source_labels: Mapping[str, Any] | Sequence[str] | None) -> LoadContext:
+    spec = architecture_for(mod)  # a head pattern the caller gave wins over the one the architecture declares
+    in_proj = {f"{m}.weight" for m in spec.input_projection(mod)}  # every alias of the input projection
+    if source_labels is None and source.dataset_json is not None:
+        source_labels = source.dataset_json.get("labels")
+    ctx = LoadContext(
+        network=mod, source=source, options=options, spec=spec,
+        head_re=re.compile(options.head_pattern or spec.head_pattern),
+        positional_embedding=spec.positional_embedding(mod),
+        target_names=frozenset(n for t in targets for n in t.names),
+        first_conv=frozenset(t.names[0] for t in targets if in_proj.intersection(t.names)),
+        source_channels=head_channels(source_labels), target_channels=head_channels(target_labels))
+    format_for(ctx)
+    return ctx
+
+
 def plan_load(
     network: nn.Module,
     source: SourceCheckpoint,
@@ -132,75 +203,50 @@ def plan_load(
     options: LoadOptions | None = None,
     source_labels: Mapping[str, Any] | Sequence[str] | None = None,
 ) -> tuple[LoadReport, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Decide what to load where, without touching the network. Returns the report and (target, value) pairs."""
+    """Decide what to load where, without touching the network. Returns the report and (target, value) pairs.
+
+    Each target tensor with a checkpoint tensor of its name is decided by the first rule that answers (the
+    checkpoint format's, the architecture family's, then :data:`TENSOR_RULES`; see :mod:`.rules`)."""
     options = options or LoadOptions()
     mod = unwrap_network(network)
     targets = _target_tensors(mod)
-    all_target_names = [n for t in targets for n in t.names]
-    spec = architecture_for(mod)  # a head pattern the caller gave wins over the one the architecture declares
-    head_re = re.compile(options.head_pattern or spec.head_pattern)
-    lpe = spec.positional_embedding(mod)
-    key_map, nnssl_map = options.key_map, None
-    if source.nnssl is not None:  # the declared stem / encoder / positional embedding onto the target's
-        stem, encoder = declared_parts(mod, spec.name)
-        nnssl_map = NnsslKeyMap(source.nnssl.plan, stem, encoder, lpe, frozenset(all_target_names),
-                                options.load_decoder, head_re.pattern)
-        key_map = nnssl_map if options.key_map is None else _chain(options.key_map, nnssl_map)
-    mapping = normalize_keys(list(source.state_dict), all_target_names, options.rename, key_map)
+    ctx = _context(mod, source, targets, options, target_labels, source_labels)
+    fmt = ctx.format
+    own_map = fmt.key_map()
+    key_map = options.key_map if own_map is None else own_map if options.key_map is None else _chain(
+        options.key_map, own_map)
+    mapping = normalize_keys(list(source.state_dict), [n for t in targets for n in t.names], options.rename, key_map)
     by_name: dict[str, str] = {}
     for raw, norm in mapping.names.items():
         by_name.setdefault(norm, raw)
-    if source_labels is None and source.dataset_json is not None:
-        source_labels = source.dataset_json.get("labels")
-    src_ch, tgt_ch = head_channels(source_labels), head_channels(target_labels)
+    rules = rules_for(ctx, TENSOR_RULES)
 
-    in_proj = {f"{m}.weight" for m in spec.input_projection(mod)}  # every alias of the input projection
-    first_conv = {t.names[0] for t in targets if in_proj.intersection(t.names)}
     records: list[TensorRecord] = []
     plan: list[tuple[torch.Tensor, torch.Tensor]] = []
     used: set[str] = set()
     label_mapping: list[LabelMatch] = []
-    nonfinite: list[str] = []
     for t in targets:
-        key = t.names[0]
         tgt = t.tensor
-        is_param = isinstance(tgt, nn.Parameter)
-        is_head = any(head_re.fullmatch(n) for n in t.names)
+        is_head = any(ctx.head_re.fullmatch(n) for n in t.names)
         hits = [n for n in t.names if n in by_name]
-        for n in t.names:
-            if n in by_name:
-                used.add(by_name[n])
-        rec = TensorRecord(key, "missing", ReasonCode.MISSING.value,
+        for n in hits:
+            used.add(by_name[n])
+        rec = TensorRecord(t.names[0], "missing", ReasonCode.MISSING.value,
                            "missing: no tensor of this name in the checkpoint", None, None, _shape(tgt), tgt.numel(),
-                           is_param, is_head, t.names[1:])
+                           isinstance(tgt, nn.Parameter), is_head, t.names[1:])
         records.append(rec)
         if not hits:
             continue
         src_key = by_name[hits[0]]
         src = source.state_dict[src_key]
         rec.source_key, rec.source_shape = src_key, _shape(src)
-        if not _is_finite(src):
-            bad = int((~torch.isfinite(src)).sum())
-            nonfinite.append(f"{src_key} ({bad} of {src.numel()} values NaN/Inf)")
-            rec.status, rec.code, rec.reason = "skipped", ReasonCode.NONFINITE.value, f"{bad} NaN/Inf values"
-            continue
-        value: torch.Tensor | None = None
-        if is_head and not options.map_heads:
-            rec.status, rec.code = "skipped", ReasonCode.HEAD_OFF.value
-            rec.reason = "head: map_heads is off; fresh init"
-        elif is_head:
-            rec.status, code, rec.reason, value, hm = _map_heads(src, tgt, src_ch, tgt_ch)
-            rec.code = code.value
-            label_mapping = label_mapping or hm
-        elif src.shape == tgt.shape:
-            rec.status, rec.code, rec.reason, value = "loaded", ReasonCode.EXACT.value, "exact", src
-        elif lpe is not None and lpe in t.names:
-            rec.status, rec.code, rec.reason, value = _adapt_pos_embed(src, tgt, t.owner, source)
-        else:
-            rec.status, rec.code, rec.reason, value = _adapt(key, src, tgt, t.owner, key in first_conv, options)
-        if value is not None:
-            plan.append((tgt, value))
-    if nonfinite:
+        d = decide(rules, ctx, TensorCase(t.names, tgt, t.owner, src_key, src, is_head))
+        rec.status, rec.code, rec.reason = d.status, d.code, d.reason
+        label_mapping = label_mapping or d.label_mapping
+        if d.value is not None:
+            plan.append((tgt, d.value))
+    if ctx.nonfinite:
+        nonfinite = ctx.nonfinite
         raise NonFiniteWeightsError(
             f"{source.path}: NaN/Inf values in tensors that would be loaded: {'; '.join(nonfinite[:5])}"
             f"{f' (+{len(nonfinite) - 5} more)' if len(nonfinite) > 5 else ''}. Nothing was loaded."
@@ -209,14 +255,11 @@ def plan_load(
     dropped = set(mapping.dropped)
     unused = [k for k in source.state_dict
               if k not in used and k not in dropped and _storage_id(source.state_dict[k]) not in aliases_used]
-    notes = []
-    user_dropped = mapping.dropped
-    if nnssl_map is not None:  # its drops are the pretraining decoder and head, said in its own note
-        nnssl_dropped = set(nnssl_map.dropped)
-        user_dropped = mapping.dropped = [k for k in mapping.dropped if k not in nnssl_dropped]
-        notes.extend(_nnssl_records(records, nnssl_map, mapping.names.values()))
-    if user_dropped:
-        notes.append(f"{len(user_dropped)} checkpoint keys dropped by key_map: {user_dropped[:5]}")
+    own_dropped = fmt.dropped()  # the format's drops are said in its own note
+    mapping.dropped = [k for k in mapping.dropped if k not in own_dropped]
+    notes = fmt.finish(records, mapping)
+    if mapping.dropped:
+        notes.append(f"{len(mapping.dropped)} checkpoint keys dropped by key_map: {mapping.dropped[:5]}")
     if source.ignored_entries:
         notes.append(f"non-tensor entries in the weights container ignored: {source.ignored_entries[:5]}")
     report = LoadReport(
@@ -233,56 +276,13 @@ def plan_load(
     return report, plan
 
 
-def _chain(first: Any, second: Any) -> Any:
-    """The user's key map first (it sees the raw keys), then the nnssl mapping."""
+def _chain(first: KeyMap, second: KeyMap) -> KeyMap:
+    """The user's key map first (it sees the raw keys), then the format's."""
     def key_map(key: str) -> str | None:
         out = first(key)
         return None if out is None else second(out)
 
     return key_map
-
-
-def _nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: Any) -> list[str]:
-    """Say why what the nnssl checkpoint does not provide stays fresh; only stem, encoder and positional embedding
-    count towards coverage. Returns notes for the report."""
-    src_stages: dict[int, set[int | None]] = {}
-    for name in mapped:
-        st = nnssl_map.stage_of(name)
-        if st is not None:
-            src_stages.setdefault(st[0], set()).add(st[1])
-    tgt_stages: set[int] = set()
-    for rec in records:
-        names = [rec.key, *rec.aliases]
-        if not nnssl_map.in_scope(names):
-            rec.in_coverage = False
-            if rec.status == "missing":
-                rec.code = ReasonCode.PRETRAINING_DECODER.value
-                rec.reason = ("fresh: the pretraining network's head reconstructs images (nnssl); never loaded"
-                              if rec.is_head else
-                              "fresh: not part of the pretrained stem and encoder (nnssl: the pretraining decoder "
-                              "reconstructed images)"
-                              + ("" if nnssl_map.load_decoder else "; load_decoder: true loads it where shapes allow"))
-            continue
-        st = next((s for n in names if (s := nnssl_map.stage_of(n)) is not None), None)
-        if st is None:
-            continue
-        tgt_stages.add(st[0])
-        if rec.status != "missing":
-            continue
-        if st[0] not in src_stages:
-            rec.code = ReasonCode.NEW_STAGE.value
-            rec.reason = (f"fresh: the checkpoint's encoder has {len(src_stages)} stages; stage {st[0]} is the "
-                          "target's own")
-        elif st[1] is not None and st[1] not in src_stages[st[0]]:
-            rec.code = ReasonCode.NEW_BLOCK.value
-            rec.reason = (f"fresh: stage {st[0]} of the checkpoint's encoder has {len(src_stages[st[0]])} blocks; "
-                          f"block {st[1]} is the target's own")
-    notes = [nnssl_map.describe()]
-    extra = sorted(set(src_stages) - tgt_stages)
-    if extra and tgt_stages:
-        notes.append(f"checkpoint encoder stages {extra} not loaded: the target's encoder has {len(tgt_stages)} "
-                     "stages (the deepest are dropped)")
-    return notes
 
 
 def _prefix_tokens(state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -296,22 +296,15 @@ def _prefix_tokens(state_dict: Mapping[str, torch.Tensor]) -> int:
     return n
 
 
-def _adapt_pos_embed(src: torch.Tensor, tgt: torch.Tensor, owner: nn.Module | None, source: SourceCheckpoint
+def _adapt_pos_embed(src: torch.Tensor, tgt: torch.Tensor, owner: nn.Module | None, ctx: LoadContext
                      ) -> tuple[str, str, str, torch.Tensor | None]:
     """Resample a positional embedding ``[1, prefix + tokens, C]`` to the target's grid (prefix tokens apart)."""
     shapes = f"{_fmt(src.shape)} vs target {_fmt(tgt.shape)}"
     if src.ndim != 3 or tgt.ndim != 3 or src.shape[0] != 1 or tgt.shape[0] != 1 or src.shape[2] != tgt.shape[2]:
         return "skipped", ReasonCode.WIDTH_MISMATCH.value, f"positional embedding widths differ: {shapes}", None
-    src_prefix, tgt_prefix = _prefix_tokens(source.state_dict), int(getattr(owner, "num_prefix_tokens", 0) or 0)
-    src_hints: list[list[int]] = []
-    if source.nnssl is not None:  # the patch embedding's kernel is its stride: pretraining patch / kernel
-        plan = source.nnssl.plan
-        proj = source.state_dict.get(f"{plan.keys_to_in_proj[0]}.weight")
-        if proj is not None and proj.ndim == 5:
-            k = list(proj.shape[2:])
-            for patch in (plan.pretrain_patch, list(plan.recommended_downstream_patchsize)):
-                if patch:
-                    src_hints.append([p // s for p, s in zip(patch, k, strict=True)])
+    src_prefix = _prefix_tokens(ctx.source.state_dict)
+    tgt_prefix = int(getattr(owner, "num_prefix_tokens", 0) or 0)
+    src_hints = ctx.format.token_grid_hints()
     rope = getattr(owner, "rope", None)
     tgt_hints = [list(rope.feat_shape)] if getattr(rope, "feat_shape", None) is not None else []
     src_grid = infer_token_grid(src.shape[1] - src_prefix, src_hints)

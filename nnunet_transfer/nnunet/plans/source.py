@@ -39,8 +39,8 @@ def read_source_plans(
     preprocessed: str | os.PathLike | None = None,
 ) -> SourcePlans:
     """Plans from a checkpoint (``init_args.plans``; an nnssl checkpoint's adaptation plan, see
-    :func:`nnunet_transfer.core.nnssl.nnunet_plans`), a plans JSON file, or a source dataset's preprocessed folder
-    (under ``preprocessed``, default ``$nnUNet_preprocessed`` read now)."""
+    :func:`nnunet_transfer.nnunet.plans.nnssl.nnunet_plans`), a plans JSON file, or a source dataset's preprocessed
+    folder (under ``preprocessed``, default ``$nnUNet_preprocessed`` read now)."""
     path = Path(source)
     if path.is_file() and path.suffix == ".json":
         plans = read_json(path)
@@ -54,7 +54,7 @@ def read_source_plans(
 
         ckpt = read_checkpoint(path, allow_globals=allow_globals, trust_checkpoint=trust_checkpoint)
         if ckpt.nnssl is not None:
-            from nnunet_transfer.core.nnssl import nnunet_plans
+            from nnunet_transfer.nnunet.plans.nnssl import nnunet_plans
 
             plan = ckpt.nnssl.plan
             return SourcePlans(nnunet_plans(plan), f"{path} (nnssl, {plan.architecture_plans.arch_class_name})",

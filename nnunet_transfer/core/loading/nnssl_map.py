@@ -1,0 +1,184 @@
+"""How an nnssl (OpenMind) checkpoint loads: its declared stem, encoder and positional embedding onto those a target
+network declares, the pretraining decoder and head left fresh with their reason.
+
+:class:`NnsslKeyMap` maps the checkpoint's declared parts onto the target's, whatever prefixes either side uses
+(contrastive variants prefix everything with ``encoder.``); the pretraining decoder and head reconstruct images: they
+are not loaded unless asked for (``load_decoder``), the head never. :class:`NnsslFormat` is the nnssl
+:class:`~nnunet_transfer.core.loading.rules.LoadFormat`: that key map, the positional embedding's token grid from the
+plan, and the records of what stays fresh (only stem, encoder and positional embedding count towards coverage).
+Reading the format (the adaptation plan) is :mod:`nnunet_transfer.core.nnssl`'s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnunet_transfer.core.loading.keys import KeyMap, KeyMapping, strip_wrappers
+from nnunet_transfer.core.loading.report import ReasonCode, TensorRecord
+from nnunet_transfer.core.loading.rules import LoadContext, LoadFormat, register_load_format
+from nnunet_transfer.core.nnssl import AdaptationPlan
+
+__all__ = ["NnsslFormat", "NnsslKeyMap", "declared_parts", "nnssl_records"]
+
+
+def declared_parts(network: Any, spec_name: str = "") -> tuple[str | None, str | None]:
+    """(stem, encoder) a target network declares (``key_to_stem``, ``key_to_encoder``), with nnU-Net's layouts as
+    defaults for the built-in families (``spec_name``: the network's architecture entry)."""
+    defaults = {"PlainConvUNet": ("encoder.stages.0", "encoder.stages"),
+                "ResidualEncoderUNet": ("encoder.stem", "encoder.stages"),
+                "Primus": ("down_projection", "eva")}.get(spec_name, (None, None))
+
+    def get(attr: str, default: str | None) -> str | None:
+        value = getattr(network, attr, None)
+        return value if isinstance(value, str) and value else default
+
+    return get("key_to_stem", defaults[0]), get("key_to_encoder", defaults[1])
+
+
+_STAGE = re.compile(r"(\d+)\.(?:blocks\.)?(?:(\d+)\.)?")
+
+
+@dataclass
+class NnsslKeyMap:
+    """Maps checkpoint keys onto the target's names by the declared parts: the source's stem onto the target's
+    stem, encoder onto encoder, positional embedding onto positional embedding (longest prefix first, so a stem
+    inside the encoder, as in PlainConvUNet, goes to the stem). Everything else belongs to the pretraining decoder
+    and head: dropped, unless ``load_decoder`` (then kept under its own name where the target has it; heads never).
+    Callable as a loader ``key_map``; records what it dropped."""
+
+    plan: AdaptationPlan
+    target_stem: str | None
+    target_encoder: str | None
+    target_lpe: str | None
+    target_names: frozenset[str]
+    load_decoder: bool = False
+    head_pattern: str = r"(?!)"
+    dropped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        p = self.plan
+        pairs = [(p.key_to_stem, self.target_stem, "stem"), (p.key_to_encoder, self.target_encoder, "encoder")]
+        self._pairs = sorted(((s, t, what) for s, t, what in pairs if t), key=lambda x: -len(x[0]))
+        self._head = re.compile(self.head_pattern)
+
+    def __call__(self, key: str) -> str | None:
+        name = strip_wrappers(key)
+        if self.plan.key_to_lpe is not None and name == self.plan.key_to_lpe and self.target_lpe:
+            return self.target_lpe
+        for src, tgt, _ in self._pairs:
+            if name.startswith(src + "."):
+                return tgt + name[len(src):]
+        if self.load_decoder and name in self.target_names and not self._head.fullmatch(name):
+            return name
+        self.dropped.append(key)
+        return None
+
+    def in_scope(self, names: Iterable[str]) -> bool:
+        """Whether a target tensor (any of its names) is part of the stem, encoder or positional embedding."""
+        prefixes = tuple(t + "." for t in (self.target_stem, self.target_encoder) if t)
+        return any(n.startswith(prefixes) or n == self.target_lpe for n in names)
+
+    def stage_of(self, name: str) -> tuple[int, int | None] | None:
+        """(stage, block) of a target encoder tensor name (``<encoder>.<stage>.<block>.``), else None."""
+        if not self.target_encoder or not name.startswith(self.target_encoder + "."):
+            return None
+        m = _STAGE.match(name[len(self.target_encoder) + 1:])
+        if m is None:
+            return None
+        return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
+
+    def describe(self) -> str:
+        p = self.plan
+        parts = [f"{what} {src!r} -> {tgt!r}" for src, tgt, what in self._pairs]
+        if p.key_to_lpe and self.target_lpe:
+            parts.append(f"positional embedding {p.key_to_lpe!r} -> {self.target_lpe!r}")
+        return (f"nnssl checkpoint ({p.architecture_plans.arch_class_name}): {', '.join(parts)}; "
+                f"{len(self.dropped)} tensors of the pretraining decoder and head not loaded"
+                + (" (load_decoder: the decoder loads where names and shapes match; heads never)"
+                   if self.load_decoder else " (recipe pretrained.load_decoder: true loads the decoder where shapes "
+                                              "allow)"))
+
+
+def nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: Iterable[str]) -> list[str]:
+    """Say why what the nnssl checkpoint does not provide stays fresh; only stem, encoder and positional embedding
+    count towards coverage. Returns notes for the report."""
+    src_stages: dict[int, set[int | None]] = {}
+    for name in mapped:
+        st = nnssl_map.stage_of(name)
+        if st is not None:
+            src_stages.setdefault(st[0], set()).add(st[1])
+    tgt_stages: set[int] = set()
+    for rec in records:
+        names = [rec.key, *rec.aliases]
+        if not nnssl_map.in_scope(names):
+            rec.in_coverage = False
+            if rec.status == "missing":
+                rec.code = ReasonCode.PRETRAINING_DECODER.value
+                rec.reason = ("fresh: the pretraining network's head reconstructs images (nnssl); never loaded"
+                              if rec.is_head else
+                              "fresh: not part of the pretrained stem and encoder (nnssl: the pretraining decoder "
+                              "reconstructed images)"
+                              + ("" if nnssl_map.load_decoder else "; load_decoder: true loads it where shapes allow"))
+            continue
+        st = next((s for n in names if (s := nnssl_map.stage_of(n)) is not None), None)
+        if st is None:
+            continue
+        tgt_stages.add(st[0])
+        if rec.status != "missing":
+            continue
+        if st[0] not in src_stages:
+            rec.code = ReasonCode.NEW_STAGE.value
+            rec.reason = (f"fresh: the checkpoint's encoder has {len(src_stages)} stages; stage {st[0]} is the "
+                          "target's own")
+        elif st[1] is not None and st[1] not in src_stages[st[0]]:
+            rec.code = ReasonCode.NEW_BLOCK.value
+            rec.reason = (f"fresh: stage {st[0]} of the checkpoint's encoder has {len(src_stages[st[0]])} blocks; "
+                          f"block {st[1]} is the target's own")
+    notes = [nnssl_map.describe()]
+    extra = sorted(set(src_stages) - tgt_stages)
+    if extra and tgt_stages:
+        notes.append(f"checkpoint encoder stages {extra} not loaded: the target's encoder has {len(tgt_stages)} "
+                     "stages (the deepest are dropped)")
+    return notes
+
+
+@register_load_format
+class NnsslFormat(LoadFormat):
+    """An nnssl checkpoint (``SourceCheckpoint.nnssl`` set by the reader): the declared parts onto the target's."""
+
+    name = "nnssl"
+
+    def __init__(self, ctx: LoadContext):
+        super().__init__(ctx)
+        plan = ctx.source.nnssl.plan
+        stem, encoder = declared_parts(ctx.network, ctx.spec.name)
+        self.map = NnsslKeyMap(plan, stem, encoder, ctx.positional_embedding, ctx.target_names,
+                               ctx.options.load_decoder, ctx.head_re.pattern)
+
+    @classmethod
+    def applies(cls, source: Any) -> bool:
+        return getattr(source, "nnssl", None) is not None
+
+    def key_map(self) -> KeyMap:
+        return self.map
+
+    def dropped(self) -> set[str]:
+        return set(self.map.dropped)
+
+    def token_grid_hints(self) -> list[list[int]]:
+        """The patch embedding's kernel is its stride: pretraining patch / kernel (and the recommended patch's)."""
+        plan = self.map.plan
+        proj = self.ctx.source.state_dict.get(f"{plan.keys_to_in_proj[0]}.weight")
+        hints: list[list[int]] = []
+        if proj is not None and proj.ndim == 5:
+            k = list(proj.shape[2:])
+            for patch in (plan.pretrain_patch, list(plan.recommended_downstream_patchsize)):
+                if patch:
+                    hints.append([p // s for p, s in zip(patch, k, strict=True)])
+        return hints
+
+    def finish(self, records: list[TensorRecord], mapping: KeyMapping) -> list[str]:
+        return nnssl_records(records, self.map, mapping.names.values())
