@@ -39,14 +39,20 @@ def run_doctor() -> int:
     except Exception as e:  # pragma: no cover - nnunetv2 is a dependency
         results.append(_check(False, "nnunetv2 version", f"nnunetv2 not importable ({e})"))
 
-    dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    pth = next((Path(d) / PTH_NAME for d in dirs if (Path(d) / PTH_NAME).is_file()), None)
-    results.append(_check(pth is not None, "start-up hook",
-                          str(pth) if pth else f"{PTH_NAME} not found in {dirs}: reinstall with pip "
-                          "(a plain `pip install nnunet-transfer` or `pip install .` installs it)"))
-
     entries = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
     ours = any(os.path.normpath(p) == os.path.normpath(TRAINER_FOLDER) for p in entries)
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    pth = next((Path(d) / PTH_NAME for d in dirs if (Path(d) / PTH_NAME).is_file()), None)
+    if pth is not None:
+        results.append(_check(True, "start-up hook", str(pth)))
+    elif ours:  # an install outside site-packages (pip install --target DIR, PYTHONPATH=DIR): the variable set by hand
+        results.append(_check(True, "start-up hook", f"{PTH_NAME} is not in {dirs} (an install with pip --target?), "
+                                                     f"but {ENV_VAR} names our trainer folder: nothing else to do"))
+    else:
+        results.append(_check(False, "start-up hook",
+                              f"{PTH_NAME} not found in {dirs}: reinstall with pip (a plain `pip install "
+                              "nnunet-transfer` or `pip install .` installs it); for an install with pip --target "
+                              f"(not processed at start-up): export {ENV_VAR}={TRAINER_FOLDER}"))
     if ours:
         hint = ""
     elif os.environ.get("NNUNET_TRANSFER_NO_AUTOREGISTER"):

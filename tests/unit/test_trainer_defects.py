@@ -270,3 +270,26 @@ def test_syncbatchnorm_really_refuses_cpu_tensors(gloo):
 def test_without_a_process_group_the_trainer_is_nnunets(build):
     trainer = build()
     assert not trainer.is_ddp and not isinstance(trainer.network, nn.parallel.DistributedDataParallel)
+
+
+def test_doctor_on_an_install_outside_site_packages(monkeypatch, capsys):
+    """``pip install --target DIR`` (an offline node's read-only environment): Python never processes the start-up
+    hook there. Without ``nnUNet_extTrainer`` doctor fails and prints the line to add; with it set by hand, it passes."""
+    import site
+
+    from nnunet_transfer._autoregister import TRAINER_FOLDER
+    from nnunet_transfer.cli.doctor import run_doctor
+
+    monkeypatch.setattr(site, "getsitepackages", lambda: ["/nonexistent/site-packages"])
+    monkeypatch.setattr(site, "getusersitepackages", lambda: "/nonexistent/user-site")
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    assert run_doctor() == 1
+    hook = next(line for line in capsys.readouterr().out.splitlines() if "start-up hook" in line)
+    assert hook.startswith("[FAIL] start-up hook:") and f"export nnUNet_extTrainer={TRAINER_FOLDER}" in hook
+
+    monkeypatch.setenv("nnUNet_extTrainer", TRAINER_FOLDER)
+    run_doctor()
+    lines = capsys.readouterr().out.splitlines()
+    hook = next(line for line in lines if "start-up hook" in line)
+    assert hook.startswith("[ok] start-up hook:") and "pip --target" in hook
+    assert any(line.startswith("[ok] nnUNet_extTrainer in this process") for line in lines)
