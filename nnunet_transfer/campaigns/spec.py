@@ -61,7 +61,7 @@ from nnunet_transfer.campaigns.tasks import (
     build_graph,
     task_slug,
 )
-from nnunet_transfer.core.io import parse_yaml_mapping
+from nnunet_transfer.core.io import parse_yaml_mapping, read_text
 from nnunet_transfer.errors import CampaignError, PlansError, TransferError
 from nnunet_transfer.nnunet.trainer_lookup import TrainerInfo, locate_trainer
 
@@ -378,13 +378,7 @@ def _recipe_arg(base: Path, value: str) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise CampaignError(f"{path}: campaign file not found") from None
-    except OSError as e:
-        raise CampaignError(f"{path}: cannot read the campaign file ({e.strerror})") from None
-    return parse_yaml_mapping(text, str(path), "a campaign file", CampaignError)
+    return parse_yaml_mapping(read_text(path, "campaign", CampaignError), str(path), "a campaign file", CampaignError)
 
 
 class _Checker:

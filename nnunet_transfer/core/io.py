@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["atomic_path", "parse_yaml_mapping", "read_json_object", "sha256_file", "write_json_atomic",
+__all__ = ["atomic_path", "parse_yaml_mapping", "read_json_object", "read_text", "sha256_file", "write_json_atomic",
            "write_text_atomic"]
 
 
@@ -60,17 +60,24 @@ def parse_yaml_mapping(text: str, where: str, what: str, error: type[Exception])
     return data
 
 
+def read_text(path: str | os.PathLike, what: str = "", error: type[Exception] = ValueError) -> str:
+    """The text of ``path``; a missing or unreadable file raises ``error`` naming the file and ``what`` it should be
+    ("recipe", "campaign", "plans")."""
+    label = f"{what} " if what else ""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise error(f"{path}: {label}file not found") from None
+    except OSError as e:
+        raise error(f"{path}: {label}file not readable ({e.strerror or e})") from None
+
+
 def read_json_object(path: str | os.PathLike, what: str = "", error: type[Exception] = ValueError) -> dict[str, Any]:
     """The JSON object in ``path``; a missing or unreadable file, invalid JSON or anything but an object raises
     ``error`` naming the file and ``what`` it should be ("plans", "dataset.json", "adaptation plan")."""
     path = Path(path)
     label = f"{what} " if what else ""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise error(f"{path}: {label}file not found") from None
-    except OSError as e:
-        raise error(f"{path}: {label}file not readable ({e})") from None
+    text = read_text(path, what, error)
     try:
         data = json.loads(text)
     except ValueError as e:

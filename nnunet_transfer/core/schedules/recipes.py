@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nnunet_transfer.core.io import parse_yaml_mapping
+from nnunet_transfer.core.io import parse_yaml_mapping, read_text
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.errors import RecipeError
 
@@ -186,9 +186,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
     text_name = str(name_or_path)
     path = Path(text_name).expanduser()
     if text_name.endswith((".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise RecipeError(f"{path}: recipe file not found")
-        text = path.read_text()
+        text = read_text(path, "recipe", RecipeError)
         where = str(path)
     else:
         # a shipped recipe is a bare name: configs/ also holds other files in subfolders (campaigns/example.yaml)
