@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from nnunet_transfer.core.commands import console_script
-from nnunet_transfer.core.io import write_text_atomic
+from nnunet_transfer.core.io import read_json_object, write_text_atomic
 from nnunet_transfer.core.progress import format_elapsed
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, load_recipe
 from nnunet_transfer.demo.progress import StepProgress
@@ -330,7 +330,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _plans_facts(workdir: Path) -> dict[str, Any]:
-    plans = json.loads((workdir / "preprocessed" / f"Dataset{TARGET}_GPUCheckTarget" / "nnUNetPlans.json").read_text())
+    plans = read_json_object(workdir / "preprocessed" / f"Dataset{TARGET}_GPUCheckTarget" / "nnUNetPlans.json",
+                             "plans", TransferError)
     conf = plans["configurations"]["3d_fullres"]
     return {"patch_size": conf["patch_size"], "batch_size": conf["batch_size"]}
 
@@ -403,12 +404,11 @@ def run_gpu_check(workdir: str | os.PathLike | None = None, *, device: str = "cu
                                  f"({round_s:.0f} s) would pass the budget")
                 break
             check.train_round(checkpoint, iterations)
-        report = json.loads((_fold(path / "runs" / "adaptive_r1", OURS) / "pretrained_load_report.json").read_text())
-        runs = {c.name: {"title": c.title, "epoch_s": _median_timed(check.epochs[c.name]),
-                         "peak_memory_mb": _peak(check.epochs[c.name]), "epochs": check.epochs[c.name]}
-                for c in CONFIGS if c.name in check.epochs}
-        for c in CONFIGS:
-            runs.setdefault(c.name, {"title": c.title, "epoch_s": None, "peak_memory_mb": None, "epochs": []})
+        report = read_json_object(_fold(path / "runs" / "adaptive_r1", OURS) / "pretrained_load_report.json",
+                                  "load report", TransferError)
+        runs = {c.name: {"title": c.title, "epoch_s": _median_timed(check.epochs.get(c.name, [])),
+                         "peak_memory_mb": _peak(check.epochs.get(c.name, [])), "epochs": check.epochs.get(c.name, [])}
+                for c in CONFIGS}  # runs cut from the check stay, empty
         ratios = {name: {"time": _ratio(runs[a]["epoch_s"], runs[b]["epoch_s"]),
                          "memory": _ratio(runs[a]["peak_memory_mb"], runs[b]["peak_memory_mb"])}
                   for name, (a, b) in RATIOS.items()}
