@@ -124,11 +124,16 @@ def adaptation_plan(arch_class_name: str, keys: dict[str, Any], arch_kwargs: dic
 
 
 def save_nnssl(path: Path, weights: dict[str, torch.Tensor], plan: dict[str, Any], *, form: str = "released",
-               embed: bool = True, beside: bool = False, citations: list | None = None) -> Path:
-    """Write an nnssl checkpoint (``form`` training or released; the plan embedded and/or beside as JSON)."""
+               embed: bool = True, beside: bool = False, citations: list | None = None,
+               trainer_name: str = "BaseMAETrainer") -> Path:
+    """Write an nnssl checkpoint as nnssl's trainer (``form="training"``: ``network_weights``, ``optimizer_state``,
+    ``grad_scaler_state``, ``logging``, ``_best_ema``, ``current_epoch``, ``init_args`` holding a ``torch.device``,
+    ``trainer_name``, ``nnssl_adaptation_plan``) or its release (``"released"``: ``network_weights``, ``init_args``,
+    ``trainer_name``, the plan) writes it; the plan embedded and/or beside as ``adaptation_plan.json``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    init_args = {"plan": plan["pretrain_plan"], "configuration_name": "onemmiso", "fold": 0, "device": "cpu"}
-    ckpt: dict[str, Any] = {"network_weights": weights, "init_args": init_args, "trainer_name": "BaseMAETrainer"}
+    init_args = {"plan": plan["pretrain_plan"], "configuration_name": "onemmiso", "fold": 0,
+                 "pretrain_json": {"name": "OpenMind"}, "device": torch.device("cpu")}
+    ckpt: dict[str, Any] = {"network_weights": weights, "init_args": init_args, "trainer_name": trainer_name}
     if form == "training":
         ckpt.update({"optimizer_state": {"state": {}, "param_groups": []}, "grad_scaler_state": None,
                      "logging": {"train_losses": [1.0, 0.5]}, "_best_ema": 0.5, "current_epoch": 2})
@@ -166,7 +171,8 @@ def primus_checkpoint(path: Path, *, seed: int = 0, form: str = "released", inpu
     kwargs = kwargs or primus_kwargs()
     net = primus_network(input_shape, kwargs, seed=seed)
     embed, beside, citations = plan_kw.pop("embed", True), plan_kw.pop("beside", False), plan_kw.pop("citations", None)
+    trainer_name = plan_kw.pop("trainer_name", "BaseEvaMAETrainer")
     plan = adaptation_plan("dynamic_network_architectures.architectures.primus.Primus", PRIMUS_KEYS, kwargs,
                            **plan_kw)
     return save_nnssl(path, dict(net.state_dict()), plan, form=form, embed=embed, beside=beside,
-                      citations=citations), net
+                      citations=citations, trainer_name=trainer_name), net

@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     wrappers = f"; {wrapped} keys carry module./_orig_mod." if wrapped else ""
     print(f"prefixes:    {info['top_level_prefixes']}{wrappers}")
     if ckpt.trainer_name:
-        print(f"trainer:     {ckpt.trainer_name} (epoch {info['epoch']})")
+        epoch = f" (epoch {info['epoch']})" if info["epoch"] is not None else ""
+        print(f"trainer:     {ckpt.trainer_name}{epoch}")
     if info["plans"]:
         p = info["plans"]
         print(f"plans:       {p['plans_name']} of {p['dataset_name']}, configuration {p.get('configuration')}: "
