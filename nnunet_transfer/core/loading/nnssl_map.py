@@ -211,9 +211,7 @@ class NnsslFormat(LoadFormat):
         families = {c.__name__ for c in source_class.__mro__} if isinstance(source_class, type) else set()
         if not families or self.ctx.spec.name in families:
             return None
-        arch = nnssl.plan.architecture_plans.arch_class_name
-        short = class_name.rsplit(".", 1)[-1]
-        what = f"{arch} (nnssl{', ' + short if short != arch.rsplit('.', 1)[-1] else ''})"
-        return (f"the checkpoint is a {what} and the target network a {type(self.ctx.network).__name__}: make plans "
-                f"that build the pretrained network with `nnunet-transfer plans --from {self.ctx.source.path} -t "
-                "DATASET -tp PLANS` and fine-tune with those plans")
+        arch = nnssl.plan.architecture_plans.arch_class_name.rsplit(".", 1)[-1]  # a preset (PrimusM) or a class
+        return (f"the checkpoint is a {arch} (nnssl) and the target network a {type(self.ctx.network).__name__}: "
+                f"make plans that build the pretrained network with `nnunet-transfer plans --from "
+                f"{self.ctx.source.path} -t DATASET -tp PLANS` and fine-tune with those plans")
