@@ -59,6 +59,9 @@ def _print_nnssl(n: dict[str, Any]) -> None:
           f"{n['keys_to_in_proj']}, positional embedding {n['key_to_lpe']!r}")
     if n.get("pos_embed_grid"):
         print(f"  pos. embed.:   {n['pos_embed_grid']}")
+    if n.get("token_order"):
+        flat = "(h w d), nnssl's EvaMAE" if n["token_order"] == "hwd" else "(w h d), as dynamic_network_architectures"
+        print(f"  token order:   {n['token_order']}: tokens flattened {flat} (trainer {n.get('trainer_name')})")
     for i, c in enumerate(n["citations"]):
         print(f"  citation {i + 1}:    {_citation(c)}")
 

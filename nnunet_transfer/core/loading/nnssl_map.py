@@ -197,11 +197,26 @@ class NnsslFormat(LoadFormat):
             k = list(proj.shape[2:])
             for patch in (plan.pretrain_patch, list(plan.recommended_downstream_patchsize)):
                 if patch:
-                    hints.append([p // s for p, s in zip(patch, k, strict=True)])
+                    grid = [p // s for p, s in zip(patch, k, strict=True)]
+                    if self.ctx.source.nnssl.token_order == "hwd":  # the embedding's rows run (h w d)
+                        grid[0], grid[1] = grid[1], grid[0]
+                    hints.append(grid)
         return hints
 
     def finish(self, records: list[TensorRecord], mapping: KeyMapping) -> list[str]:
-        return nnssl_records(records, self.map, mapping.names.items(), self.ctx.source.state_dict)
+        notes = nnssl_records(records, self.map, mapping.names.items(), self.ctx.source.state_dict)
+        nnssl = self.ctx.source.nnssl
+        target_order = getattr(self.ctx.network, "token_order", "whd") if self.ctx.spec.name == "Primus" else None
+        if nnssl.token_order and target_order and nnssl.token_order != target_order:
+            def flat(order: str) -> str:
+                return f"({' '.join(order)})"
+
+            notes.append(
+                f"token order: the checkpoint's tokens were flattened {flat(nnssl.token_order)} in pretraining "
+                f"(trainer {nnssl.trainer_name}), this {type(self.ctx.network).__name__} flattens them "
+                f"{flat(target_order)}: its positional and rotary embeddings see the first two spatial axes swapped; "
+                "the plans of `nnunet-transfer plans --from` build a network with the pretraining's order")
+        return notes
 
     def mismatch(self) -> str | None:
         """The checkpoint's network family against the target's (e.g. a PrimusM against a ResidualEncoderUNet)."""

@@ -14,14 +14,15 @@ __all__ = ["nnunet_plans"]
 
 def nnunet_plans(plan: AdaptationPlan, *, patch_size: Sequence[int] | None = None, batch_size: int = 2,
                  configuration: str = "3d_fullres", plans_name: str | None = None,
-                 dataset_name: str | None = None) -> dict[str, Any]:
+                 dataset_name: str | None = None, token_order: str | None = None) -> dict[str, Any]:
     """nnU-Net plans (one configuration) that build the pretrained network: the recommended downstream patch size
     (or ``patch_size``), the pretraining spacing, z-score normalisation, ``batch_size``. The target's dataset name,
     intensity statistics and channel count are filled in by the plans transfer. What the pretraining plan says
     (dataset and plans name, data identifier, median spacing and shape) is kept as it is, so that the transfer's diff
-    shows the pretraining's own values; entries it lacks are left out, not invented."""
+    shows the pretraining's own values; entries it lacks are left out, not invented. ``token_order``: how the
+    pretraining flattened a Primus's tokens (``NnsslCheckpoint.token_order``; ``hwd`` builds ``PrimusHWD``)."""
     patch = [int(p) for p in (patch_size if patch_size is not None else plan.recommended_downstream_patchsize)]
-    arch = nnunet_architecture(plan, patch)
+    arch = nnunet_architecture(plan, patch, token_order=token_order)
     spacing = plan.pretrain_spacing or [1.0, 1.0, 1.0]
     conf = plan.pretrain_configuration
     norm = conf.get("normalization_schemes") or ["ZScoreNormalization"]

@@ -57,7 +57,7 @@ def read_source_plans(
             from nnunet_transfer.nnunet.plans.nnssl import nnunet_plans
 
             plan = ckpt.nnssl.plan
-            plans = nnunet_plans(plan)
+            plans = nnunet_plans(plan, token_order=ckpt.nnssl.token_order)
             what = (f"{path} (nnssl, {plan.architecture_plans.arch_class_name}, pretrained on {plans['dataset_name']}, "
                     f"configuration {plan.pretrain_configuration_name})")
             return SourcePlans(plans, what,
