@@ -602,3 +602,21 @@ def test_plans_dry_run_diff_notes_and_the_trainers_guard(tmp_path):
     assert "nnssl_pretraining" not in out and "160" not in out
     assert data["reports"]["3d_fullres"]["min_coverage"] == 0.8 and data["reports"]["3d_fullres"]["passed"]
     assert not (tmp_path / "pre" / "Dataset953_Dry" / "nnsslX.json").exists()
+
+
+def test_unused_source_keys_count_each_checkpoint_tensor_once(tmp_path):
+    """A plain nnU-Net ResEnc state dict (conv / all_modules.0 and decoder.encoder.* aliases) into a shallower target:
+    its deepest stage is unused, listed once per tensor (27) under its first name, not once per key (76)."""
+    from nnunet_transfer.core.loading.keys import storage_id
+
+    src = resenc_network(num_classes=2, seed=1)
+    path = tmp_path / "c.pth"
+    torch.save({"network_weights": src.state_dict()}, path)
+    stage2 = [k for k in src.state_dict() if k.startswith(("encoder.stages.2.", "decoder.encoder.stages.2."))]
+    assert len(stage2) == 76
+    report = load_pretrained(resenc_network(unet_kwargs(n_stages=2), num_classes=2, seed=2), path, min_coverage=0)
+    weights = torch.load(path, weights_only=True)["network_weights"]
+    assert len(report.unused_source_keys) == 27
+    assert len({storage_id(weights[k]) for k in report.unused_source_keys}) == 27
+    assert report.unused_source_keys[0] == "encoder.stages.2.blocks.0.conv1.conv.weight"
+    assert report.summary().endswith(", 27 unused source keys")
