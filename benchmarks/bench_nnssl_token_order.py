@@ -20,7 +20,9 @@ Printed: a table per order (mean and per-seed Dice), and a JSON line. A small CP
 
     python benchmarks/bench_nnssl_token_order.py --size 32 --pretrain-steps 300 --finetune-steps 60 --seeds 3
 
-On a GPU add ``--device cuda`` and raise the sizes.
+On a GPU add ``--device cuda`` and raise the sizes. Measured once (that command, CPU, 2 shared cores, 456 s):
+pretrained network Dice 0.792; fine-tuned faithful (PrimusHWD) 0.154 (seeds 0.199, 0.180, 0.085), today's (Primus)
+0.116 (0.136, 0.156, 0.056); 0.01 for both before fine-tuning.
 """
 
 from __future__ import annotations
