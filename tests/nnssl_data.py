@@ -124,11 +124,16 @@ def adaptation_plan(arch_class_name: str, keys: dict[str, Any], arch_kwargs: dic
 
 
 def save_nnssl(path: Path, weights: dict[str, torch.Tensor], plan: dict[str, Any], *, form: str = "released",
-               embed: bool = True, beside: bool = False, citations: list | None = None) -> Path:
-    """Write an nnssl checkpoint (``form`` training or released; the plan embedded and/or beside as JSON)."""
+               embed: bool = True, beside: bool = False, citations: list | None = None,
+               trainer_name: str = "BaseMAETrainer") -> Path:
+    """Write an nnssl checkpoint as nnssl's trainer (``form="training"``: ``network_weights``, ``optimizer_state``,
+    ``grad_scaler_state``, ``logging``, ``_best_ema``, ``current_epoch``, ``init_args`` holding a ``torch.device``,
+    ``trainer_name``, ``nnssl_adaptation_plan``) or its release (``"released"``: ``network_weights``, ``init_args``,
+    ``trainer_name``, the plan) writes it; the plan embedded and/or beside as ``adaptation_plan.json``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    init_args = {"plan": plan["pretrain_plan"], "configuration_name": "onemmiso", "fold": 0, "device": "cpu"}
-    ckpt: dict[str, Any] = {"network_weights": weights, "init_args": init_args, "trainer_name": "BaseMAETrainer"}
+    init_args = {"plan": plan["pretrain_plan"], "configuration_name": "onemmiso", "fold": 0,
+                 "pretrain_json": {"name": "OpenMind"}, "device": torch.device("cpu")}
+    ckpt: dict[str, Any] = {"network_weights": weights, "init_args": init_args, "trainer_name": trainer_name}
     if form == "training":
         ckpt.update({"optimizer_state": {"state": {}, "param_groups": []}, "grad_scaler_state": None,
                      "logging": {"train_losses": [1.0, 0.5]}, "_best_ema": 0.5, "current_epoch": 2})
@@ -161,12 +166,24 @@ def resenc_checkpoint(path: Path, *, seed: int = 0, form: str = "released", kwar
 
 
 def primus_checkpoint(path: Path, *, seed: int = 0, form: str = "released", input_shape: Sequence[int] = (16, 16, 16),
-                      kwargs: dict | None = None, **plan_kw: Any) -> tuple[Path, nn.Module]:
-    """A tiny Primus MAE checkpoint (a pos-embed grid of input_shape / patch_embed_size)."""
+                      kwargs: dict | None = None, decoder_depth: int = 0, **plan_kw: Any) -> tuple[Path, nn.Module]:
+    """A tiny Primus MAE checkpoint (a pos-embed grid of input_shape / patch_embed_size). ``decoder_depth`` > 0 adds
+    the Eva decoder nnssl's EvaMAE pretrains with (``decoder.*``, as its trainers save it); ``trainer_name`` (default
+    ``BaseEvaMAETrainer``) names the nnssl trainer."""
     kwargs = kwargs or primus_kwargs()
     net = primus_network(input_shape, kwargs, seed=seed)
+    weights = dict(net.state_dict())
+    if decoder_depth:
+        from dynamic_network_architectures.building_blocks.eva import Eva
+
+        grid = tuple(i // p for i, p in zip(input_shape, kwargs["patch_embed_size"], strict=True))
+        decoder = _perturb(Eva(embed_dim=kwargs["embed_dim"], depth=decoder_depth, num_heads=kwargs["eva_numheads"],
+                               ref_feat_shape=grid, init_values=kwargs.get("init_values"),
+                               scale_attn_inner=kwargs.get("scale_attn_inner", False)), seed + 1)
+        weights.update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
     embed, beside, citations = plan_kw.pop("embed", True), plan_kw.pop("beside", False), plan_kw.pop("citations", None)
+    trainer_name = plan_kw.pop("trainer_name", "BaseEvaMAETrainer")
     plan = adaptation_plan("dynamic_network_architectures.architectures.primus.Primus", PRIMUS_KEYS, kwargs,
                            **plan_kw)
-    return save_nnssl(path, dict(net.state_dict()), plan, form=form, embed=embed, beside=beside,
-                      citations=citations), net
+    return save_nnssl(path, weights, plan, form=form, embed=embed, beside=beside, citations=citations,
+                      trainer_name=trainer_name), net

@@ -59,6 +59,9 @@ def _print_nnssl(n: dict[str, Any]) -> None:
           f"{n['keys_to_in_proj']}, positional embedding {n['key_to_lpe']!r}")
     if n.get("pos_embed_grid"):
         print(f"  pos. embed.:   {n['pos_embed_grid']}")
+    if n.get("token_order"):
+        flat = "(h w d), nnssl's EvaMAE" if n["token_order"] == "hwd" else "(w h d), as dynamic_network_architectures"
+        print(f"  token order:   {n['token_order']}: tokens flattened {flat} (trainer {n.get('trainer_name')})")
     for i, c in enumerate(n["citations"]):
         print(f"  citation {i + 1}:    {_citation(c)}")
 
@@ -117,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     wrappers = f"; {wrapped} keys carry module./_orig_mod." if wrapped else ""
     print(f"prefixes:    {info['top_level_prefixes']}{wrappers}")
     if ckpt.trainer_name:
-        print(f"trainer:     {ckpt.trainer_name} (epoch {info['epoch']})")
+        epoch = f" (epoch {info['epoch']})" if info["epoch"] is not None else ""
+        print(f"trainer:     {ckpt.trainer_name}{epoch}")
     if info["plans"]:
         p = info["plans"]
         print(f"plans:       {p['plans_name']} of {p['dataset_name']}, configuration {p.get('configuration')}: "

@@ -61,6 +61,8 @@ def _trainer_for(source: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nnunet_transfer import trainers
+    from nnunet_transfer.nnunet.networks import trainer_recipe
     from nnunet_transfer.nnunet.plans import (
         check_transfer,
         preprocess_transfer,
@@ -69,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
         write_plans,
     )
 
-    opts = load_options_from_args(args)
+    read_opts = load_options_from_args(args)
     spacing = _spacing(args.spacing)
-    source = read_source_plans(args.source, args.source_plans, opts.allow_globals, opts.trust_checkpoint)
+    source = read_source_plans(args.source, args.source_plans, read_opts.allow_globals, read_opts.trust_checkpoint)
+    # the check is the load of the trainer suggested below: its recipe's pretrained section, flags on top
+    suggested = _trainer_for(source)
+    recipe = trainer_recipe(getattr(trainers, suggested))
+    opts = load_options_from_args(args, recipe.pretrained.load_options() if recipe is not None else None)
     trainer = None
     if source.trainer is not None:  # nnssl: our trainer builds the network (a Primus has no deep supervision)
         from nnunet_transfer.trainers.adaptive_ft import nnUNetTrainerAdaptiveFT
@@ -93,16 +99,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"preprocessed {transfer.target_name} with {args.plans_identifier}: {transfer.configurations}")
     code = 0
     reports = {}
-    for conf, report in check_transfer(transfer, opts.min_coverage, trainer=trainer):
+    if recipe is not None:
+        print(f"check: loader options from recipe {recipe.name} of trainer {suggested} ({recipe.source})")
+    for conf, report in check_transfer(transfer, trainer=trainer, options=opts):
         print(f"[{conf}] " + (report.table() if args.verbose else report.summary()))
         reports[conf] = report.to_dict()
         if not report.passed:
             code = 1
-            print(f"FAIL [{conf}]: coverage {report.coverage:.3f} below {report.min_coverage}: "
-                  + "; ".join(report.main_reasons()), file=sys.stderr)
+            print(f"FAIL [{conf}]: {report.mismatch + '. ' if report.mismatch else ''}coverage "
+                  f"{report.coverage:.3f} below {report.min_coverage}: " + "; ".join(report.main_reasons()),
+                  file=sys.stderr)
     if not args.dry_run:
         print(f"fine-tune with: nnUNetv2_train {transfer.target_name} {transfer.configurations[0]} FOLD "
-              f"-p {args.plans_identifier} -tr {_trainer_for(source)}"
+              f"-p {args.plans_identifier} -tr {suggested}"
               + (f" -pretrained_weights {source.checkpoint.path}" if source.checkpoint is not None else ""))
     write_json(args.json, {"plans_file": str(transfer.plans_file), "dry_run": args.dry_run,
                             "diff": [{"path": p, "source": o, "new": n} for p, o, n in transfer.diffs],

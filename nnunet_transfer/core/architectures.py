@@ -63,6 +63,7 @@ __all__ = [
     "NO_HEADS",
     "PLAIN_CONV_UNET",
     "PRIMUS",
+    "PRIMUS_HEAD_PATTERN",
     "RESIDUAL_ENCODER_UNET",
     "SEG_LAYERS_HEAD_PATTERN",
     "ArchitectureSpec",
@@ -380,9 +381,11 @@ def _primus_positional_embedding(network: nn.Module) -> str | None:
     return "eva.pos_embed" if _tensor_at(network, "eva.pos_embed") is not None else None
 
 
-# The patch decoder ends in a transposed convolution (output channels on dim 1); the loader maps heads along dim 0,
-# so Primus declares no head tensors: its decoder loads when the shapes fit and is skipped with a reason otherwise.
-PRIMUS = ArchitectureSpec("Primus", _primus, _primus_groups, NO_HEADS,
+# The patch decoder ends in a transposed convolution straight under ``decode`` (its earlier stages are Sequentials:
+# ``decode.0.0.weight``): that last layer is the segmentation head, its output channels (dim 1 of a transposed
+# convolution's weight) mapped by label name as seg_layers' are.
+PRIMUS_HEAD_PATTERN = r"(?:.*\.)?up_projection\.decode\.\d+\.(?:weight|bias)"
+PRIMUS = ArchitectureSpec("Primus", _primus, _primus_groups, PRIMUS_HEAD_PATTERN,
                           positional_embedding=_primus_positional_embedding)
 
 # Any other network: the groups it declares (parameter_group_patterns) or one group, the first convolution guessed (or

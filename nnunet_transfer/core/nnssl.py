@@ -46,6 +46,7 @@ __all__ = [
     "NnsslError",
     "detect_nnssl",
     "nnunet_architecture",
+    "pretraining_token_order",
 ]
 
 PLAN_KEY = "nnssl_adaptation_plan"
@@ -194,13 +195,37 @@ def _accepts(cls: type, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def nnunet_architecture(plan: AdaptationPlan, patch_size: Sequence[int], where: str = "nnssl_adaptation_plan"
-                        ) -> dict[str, Any]:
+_PRIMUS_HWD = "nnunet_transfer.core.primus.PrimusHWD"  # core.primus.PRIMUS_HWD (not imported here: timm is slow)
+TOKEN_ORDERS = ("whd", "hwd")
+
+
+def pretraining_token_order(plan: AdaptationPlan, trainer_name: str | None,
+                            where: str = "nnssl_adaptation_plan") -> Literal["whd", "hwd"] | None:
+    """How the pretraining flattened a Primus's patch tokens (None for other networks): the plan's ``token_order``
+    where it says so; else ``whd`` for nnssl's SimMIM trainers (``b c w h d -> b (w h d) c``, as Primus) and ``hwd``
+    for every other nnssl trainer of a Primus (they pretrain nnssl's ``EvaMAE``: ``b c w h d -> b (h w d) c``)."""
+    declared = (plan.model_extra or {}).get("token_order")
+    if declared is not None:
+        if declared not in TOKEN_ORDERS:
+            raise NnsslError(f"{where}.token_order: {declared!r}, expected one of {', '.join(TOKEN_ORDERS)}")
+        return declared
+    ap = plan.architecture_plans
+    name = PRESETS[ap.arch_class_name][0] if ap.arch_class_name in PRESETS and not ap.arch_kwargs else str(
+        ap.arch_class_name)
+    if name.rsplit(".", 1)[-1] != "Primus":
+        return None
+    return "whd" if trainer_name and "simmim" in trainer_name.lower() else "hwd"
+
+
+def nnunet_architecture(plan: AdaptationPlan, patch_size: Sequence[int], where: str = "nnssl_adaptation_plan",
+                        token_order: str | None = None) -> dict[str, Any]:
     """The ``architecture`` entry of nnU-Net plans that builds the pretrained network for ``patch_size``.
 
     Presets are resolved to dynamic_network_architectures classes; a class name with ``arch_kwargs`` is used as
     given (``n_blocks_per_stage`` becomes ``n_conv_per_stage`` for PlainConvUNet); networks that take an
-    ``input_shape`` (Primus) get the patch size. Raises :class:`NnsslError` naming ``where`` and the field.
+    ``input_shape`` (Primus) get the patch size. A Primus pretrained with ``token_order`` ``hwd`` (see
+    :func:`pretraining_token_order`) becomes :class:`nnunet_transfer.core.primus.PrimusHWD`, the same network with
+    the pretraining's token order. Raises :class:`NnsslError` naming ``where`` and the field.
     """
     ap = plan.architecture_plans
     field_name = f"{where}.architecture_plans"
@@ -230,6 +255,8 @@ def nnunet_architecture(plan: AdaptationPlan, patch_size: Sequence[int], where: 
             raise NnsslError(f"{field_name}.arch_kwargs.{key}: {value!r} names no importable class")
     if _accepts(cls, "input_shape"):
         kwargs["input_shape"] = [int(p) for p in patch_size]
+    if class_name == _PRIMUS and token_order == "hwd":
+        class_name = _PRIMUS_HWD
     return {"network_class_name": class_name, "arch_kwargs": kwargs, "_kw_requires_import": imports}
 
 
@@ -245,6 +272,8 @@ class NnsslCheckpoint:
     form: Literal["training", "released"]
     citations: list[Any] = field(default_factory=list)
     architecture: dict[str, Any] = field(default_factory=dict)  # nnunet_architecture() at the recommended patch
+    trainer_name: str | None = None  # the nnssl trainer that pretrained it
+    token_order: Literal["whd", "hwd"] | None = None  # a Primus's pretraining token order (pretraining_token_order)
 
     def describe(self) -> dict[str, Any]:
         """The facts ``nnunet-transfer inspect`` shows (JSON-serialisable)."""
@@ -264,6 +293,8 @@ class NnsslCheckpoint:
             "keys_to_in_proj": list(p.keys_to_in_proj),
             "key_to_lpe": p.key_to_lpe,
             "citations": self.citations,
+            "trainer_name": self.trainer_name,
+            "token_order": self.token_order,
         }
 
 
@@ -331,12 +362,15 @@ def detect_nnssl(path: Path, entries: Mapping[str, Any], container: str, keys: I
         raise NnsslError(f"{path if embedded is not None else source}: malformed adaptation plan: "
                          f"{_format_validation(where, e)}") from None
     _check_keys(plan, keys, path, where)
+    trainer_name = entries.get("trainer_name")
+    trainer_name = trainer_name if isinstance(trainer_name, str) else None
     try:
-        architecture = nnunet_architecture(plan, plan.recommended_downstream_patchsize, where)
+        order = pretraining_token_order(plan, trainer_name, where)
+        architecture = nnunet_architecture(plan, plan.recommended_downstream_patchsize, where, order)
     except NnsslError as e:
         raise NnsslError(f"{path}: {e}") from None
     citations = entries.get("citations")
     citations = list(citations) if isinstance(citations, list | tuple) else ([] if citations is None else [citations])
     form: Literal["training", "released"] = (
         "training" if any(k in entries for k in _TRAINING_ENTRIES) else "released")
-    return NnsslCheckpoint(plan, source, form, citations, architecture)
+    return NnsslCheckpoint(plan, source, form, citations, architecture, trainer_name, order)

@@ -19,7 +19,7 @@ from nnunet_transfer.errors import PlansError, TrainerNotFoundError, TransferErr
 from nnunet_transfer.nnunet.configuration import plans_managers
 
 __all__ = ["accepts_deep_supervision", "build_from_plans", "build_network", "disable_deep_supervision",
-           "find_trainer_class"]
+           "find_trainer_class", "trainer_recipe"]
 
 
 def find_trainer_class(trainer: str | type | None = None) -> type:
@@ -54,6 +54,18 @@ def find_trainer_class(trainer: str | type | None = None) -> type:
     except ImportError as e:
         raise PlansError(f"trainer {trainer!r}: a module on nnU-Net's trainer search path fails to import: "
                          f"{type(e).__name__}: {e}") from None
+
+
+def trainer_recipe(trainer: str | type) -> Any:
+    """The recipe a trainer of ours will train with (its ``recipe`` class attribute, or ``NNUNET_TRANSFER_RECIPE``
+    where set, as the trainer resolves it), read without instantiating the trainer; None for a trainer that reads no
+    recipe (nnU-Net's own). ``trainer``: a class or a name (see :func:`find_trainer_class`)."""
+    from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, load_recipe
+
+    name = getattr(find_trainer_class(trainer), "recipe", None)
+    if not isinstance(name, str) or not name:
+        return None
+    return load_recipe(os.environ.get(RECIPE_ENV_VAR) or name)
 
 
 def _trainer_name(trainer: str | type | None) -> str:

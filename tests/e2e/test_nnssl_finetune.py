@@ -1,6 +1,7 @@
 """nnssl checkpoints through the stock CLI: ``nnunet-transfer plans --from CKPT`` -> preprocessing ->
 ``nnUNetv2_train ... -pretrained_weights CKPT`` -> ``nnUNetv2_predict`` (a 2-channel ResEnc target; a Primus whose
-positional embedding is resampled to another patch grid, trained by the nnssl Primus trainer variant)."""
+positional embedding is resampled to another patch grid, its tokens flattened as nnssl's EvaMAE pretraining flattened
+them (PrimusHWD), trained by the nnssl Primus trainer variant and predicted by the stock command)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def nnssl_ws(tmp_path_factory):
                                   citations=[CITATION])
     primus, _ = primus_checkpoint(root / "ssl" / "primus" / "fold_0" / "checkpoint_final.pth", form="training",
                                   input_shape=(16, 16, 16), patch=(32, 32, 32), recommended=(16, 16, 16),
-                                  embed=False, beside=True, singular=True)
+                                  embed=False, beside=True, singular=True, decoder_depth=1)
     # one export worker: nnU-Net spawns its validation pools per training, the cost on 2 cores is the imports
     return {"root": root, "env": nnunet_env(root, nnUNet_def_n_proc="1"), "resenc": resenc, "primus": primus}
 
@@ -72,6 +73,8 @@ def test_primus_other_patch_grid_trained_by_the_variant_and_predicted(nnssl_ws, 
     conf = json.loads((root / "preprocessed" / "Dataset950_One" / "nnsslPrimus.json").read_text())[
         "configurations"]["3d_fullres"]
     assert conf["architecture"]["arch_kwargs"]["input_shape"] == [24, 24, 24] and conf["patch_size"] == [24] * 3
+    # an EvaMAE checkpoint (BaseEvaMAETrainer): the network flattens its tokens as the pretraining did
+    assert conf["architecture"]["network_class_name"] == "nnunet_transfer.core.primus.PrimusHWD"
 
     trainer = "nnUNetTrainerAdaptiveFT_nnsslPrimus"
     run([bin_path("nnUNetv2_train"), str(PRIMUS_TARGET), "3d_fullres", "0", "-p", "nnsslPrimus", "-tr", trainer,
@@ -81,7 +84,8 @@ def test_primus_other_patch_grid_trained_by_the_variant_and_predicted(nnssl_ws, 
     pos = next(t for t in report["tensors"] if t["key"] == "eva.pos_embed")
     assert pos["code"] == "pos_embed" and "from a 4x4x4 to a 6x6x6 token grid" in pos["reason"]
     assert pos["source_shape"] == [1, 64, 48] and pos["target_shape"] == [1, 216, 48]
-    assert report["coverage"] == 1.0
+    assert report["coverage"] == 1.0 and not any(n.startswith("token order") for n in report["notes"])
+    assert "; 33 tensors of the pretraining decoder and head not loaded" in report["notes"][0]
     rows = json.loads((fold / "lr_table.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert rows[0]["lr"]["heads"] == pytest.approx(0.5e-3) and rows[1]["lr"]["heads"] == pytest.approx(1e-3)

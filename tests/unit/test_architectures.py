@@ -72,7 +72,10 @@ def test_families_are_recognised_on_real_networks(build, name, in_proj, lpe):
     heads = [k for k in net.state_dict() if re.fullmatch(spec.head_pattern, k)]
     if name in ("PlainConvUNet", "ResidualEncoderUNet"):
         assert heads and all(".seg_layers." in k for k in heads)
-    else:  # Primus' patch decoder ends in a transposed conv: no head tensor the loader could map by label
+    elif name == "Primus":  # the patch decoder's last transposed convolution (output channels on dim 1)
+        last = len(net.up_projection.decode) - 1
+        assert heads == [f"up_projection.decode.{last}.weight", f"up_projection.decode.{last}.bias"]
+    else:
         assert heads == []
     assert SEG_LAYERS_HEAD_PATTERN == DEFAULT_HEAD_PATTERN  # the loader's default and the U-Nets' declaration agree
 

@@ -388,3 +388,235 @@ def test_check_builds_primus_plans_without_a_trainer(tmp_path):
     plans = nnunet_plans(read_checkpoint(path).nnssl.plan)
     net = build_network(plans, "3d_fullres", {"labels": {"background": 0, "a": 1}, "channel_names": {"0": "MR"}})
     assert type(net).__name__ == "Primus" and net.eva.pos_embed.shape == (1, 216, 48)
+
+
+# --- reports true to the letter (issue 23) -------------------------------------------------------------------------
+
+
+def _nnssl_target(root, ckpt_path, dataset="Dataset952_Letter", identifier="nnsslX"):
+    """A preprocessed target (plans from the checkpoint's adaptation plan + dataset.json) and the nnU-Net roots."""
+    folder = root / "preprocessed" / dataset
+    folder.mkdir(parents=True)
+    for name in ("raw", "results"):
+        (root / name).mkdir(exist_ok=True)
+    plans = nnunet_plans(read_checkpoint(ckpt_path).nnssl.plan, plans_name=identifier, dataset_name=dataset)
+    (folder / f"{identifier}.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {"background": 0,
+                                                    "lesion": 1}, "numTraining": 1, "file_ending": ".nii.gz"}))
+    return {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+            "nnUNet_results": str(root / "results")}
+
+
+def test_check_with_tr_is_the_load_that_trainer_will_do(tmp_path, monkeypatch, capsys):
+    """-tr of our trainer: its recipe's pretrained section (nnssl_resenc: guard 0.8), not the default guard 0.5; an
+    explicit flag overrides that one option; nnU-Net's own trainer reads no recipe."""
+    plans_ckpt, _ = resenc_checkpoint(tmp_path / "a" / "checkpoint_final.pth")
+    # a checkpoint whose deepest stage has one block fewer: coverage 0.56, between the two guards
+    path, _ = resenc_checkpoint(tmp_path / "b" / "checkpoint_final.pth", form="training",
+                                kwargs=unet_kwargs(blocks=(1, 2, 1)))
+    for key, value in _nnssl_target(tmp_path, plans_ckpt).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("NNUNET_TRANSFER_RECIPE", raising=False)
+    args = ["check", str(path), "-d", "952", "-c", "3d_fullres", "-p", "nnsslX", "--json", str(tmp_path / "r.json")]
+
+    assert main([*args, "-tr", "nnUNetTrainerAdaptiveFT_nnsslResEnc"]) == 1
+    out, err = capsys.readouterr()
+    assert "loader options from recipe nnssl_resenc of trainer nnUNetTrainerAdaptiveFT_nnsslResEnc" in out
+    assert "FAIL: coverage 0.561 below the minimum 0.8" in err
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["min_coverage"] == 0.8 and not data["passed"] and round(data["coverage"], 4) == 0.5615
+    assert data["counts"] == {"loaded": 42, "adapted": 0, "skipped": 16, "missing": 8}
+
+    assert main([*args, "-tr", "nnUNetTrainerAdaptiveFT_nnsslResEnc", "--min-coverage", "0.5"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["min_coverage"] == 0.5
+    capsys.readouterr()
+    assert main(args) == 0  # no -tr: nnU-Net's trainer builds the network, default options
+    assert "loader options" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["min_coverage"] == 0.5
+
+    # NNUNET_TRANSFER_RECIPE names the recipe the trainer will use: the check follows it
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text("name: strict\npretrained:\n  min_coverage: 0.9\n")
+    monkeypatch.setenv("NNUNET_TRANSFER_RECIPE", str(recipe))
+    assert main([*args, "-tr", "nnUNetTrainerAdaptiveFT_nnsslResEnc"]) == 1
+    assert json.loads((tmp_path / "r.json").read_text())["min_coverage"] == 0.9
+
+
+@pytest.mark.parametrize("form", ["training", "released"])
+def test_nnssl_resenc_counts_each_tensor_once_and_skips_what_it_holds(tmp_path, form):
+    """nnssl's layout: the pretraining network's decoder.encoder.* aliases every encoder tensor (224 keys, 66
+    tensors). The note counts the 16 decoder and head tensors left out, not 124 keys; those the checkpoint holds are
+    skipped (pretraining_decoder) with both shapes, not missing."""
+    path, _ = resenc_checkpoint(tmp_path / form / "checkpoint_final.pth", form=form, beside=form == "released")
+    raw = torch.load(path, weights_only=True)
+    expected = ({"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema", "current_epoch",
+                 "init_args", "trainer_name", "nnssl_adaptation_plan"} if form == "training" else
+                {"network_weights", "init_args", "trainer_name", "nnssl_adaptation_plan"})
+    assert set(raw) == expected and isinstance(raw["init_args"]["device"], torch.device)
+    assert len(raw["network_weights"]) == 224
+    assert sum(k.startswith("decoder.encoder.") for k in raw["network_weights"]) == 100
+
+    report = load_pretrained(resenc_network(num_classes=2, seed=3), path)
+    assert report.counts() == {"loaded": 50, "adapted": 0, "skipped": 16, "missing": 0}
+    assert report.unused_source_keys == [] and report.coverage == 1.0
+    assert report.notes == [
+        "nnssl checkpoint (ResidualEncoderUNet): encoder 'encoder.stages' -> 'encoder.stages', stem 'encoder.stem' -> "
+        "'encoder.stem'; 16 tensors of the pretraining decoder and head not loaded (recipe pretrained.load_decoder: "
+        "true loads the decoder where shapes allow)"]
+    assert report.summary().endswith("coverage 1.000 (ok); 50 loaded, 0 adapted, 16 skipped, 0 missing, "
+                                     "0 unused source keys")
+    rec = _records(report)
+    conv = rec["decoder.stages.0.convs.0.conv.weight"]
+    assert (conv.status, conv.code, conv.source_key, conv.source_shape, conv.target_shape) == (
+        "skipped", "pretraining_decoder", "decoder.stages.0.convs.0.conv.weight", [8, 16, 3, 3, 3], [8, 16, 3, 3, 3])
+    assert conv.reason == ("in the checkpoint, not loaded: not part of the pretrained stem and encoder (nnssl: the "
+                           "pretraining decoder reconstructed images); load_decoder: true loads it where shapes allow")
+    head = rec["decoder.seg_layers.1.weight"]
+    assert (head.status, head.code, head.source_shape, head.target_shape, head.is_head) == (
+        "skipped", "pretraining_decoder", [1, 4, 1, 1, 1], [2, 4, 1, 1, 1], True)
+    assert head.reason == ("in the checkpoint, not loaded: the pretraining network's head reconstructs images (nnssl); "
+                           "never loaded")
+    table = report.table()
+    line = next(ln for ln in table.splitlines() if " decoder.stages.0.convs.0.conv.weight " in ln)
+    assert line.startswith("skipped ") and line.split()[2:4] == ["8x16x3x3x3", "8x16x3x3x3"]  # both shapes, no "-"
+    data = report.to_dict()
+    assert data["counts"] == report.counts() and len(data["tensors"]) == 66
+    assert {t["status"] for t in data["tensors"] if not t["in_coverage"]} == {"skipped"}
+
+    # the decoder asked for: it loads; only the 4 head tensors are left out, and said so
+    rep = load_pretrained(resenc_network(num_classes=2, seed=3), path, load_decoder=True)
+    assert rep.counts() == {"loaded": 62, "adapted": 0, "skipped": 4, "missing": 0}
+    assert "; 4 tensors of the pretraining decoder and head not loaded (load_decoder:" in rep.notes[0]
+    assert {r.key for r in rep.tensors if r.status == "skipped"} == {
+        f"decoder.seg_layers.{i}.{w}" for i in (0, 1) for w in ("weight", "bias")}
+
+
+def test_a_contrastive_checkpoint_has_no_decoder_to_skip(tmp_path):
+    """Target tensors the checkpoint does not hold stay missing (pretraining_decoder), source shape None."""
+    path, _ = resenc_checkpoint(tmp_path / "c.pth", prefix="encoder.")
+    report = load_pretrained(resenc_network(num_classes=2, seed=7), path)
+    rec = _records(report)["decoder.stages.0.convs.0.conv.weight"]
+    assert (rec.status, rec.code, rec.source_shape) == ("missing", "pretraining_decoder", None)
+    assert report.counts() == {"loaded": 50, "adapted": 0, "skipped": 0, "missing": 16}
+    assert "; 1 tensors of the pretraining decoder and head not loaded" in report.notes[0]  # the projector
+
+
+def test_primus_output_layer_is_a_head_mapped_by_label_name(tmp_path):
+    """Primus's last transposed convolution holds its output channels on dim 1: copied by label name as ResEnc's
+    seg_layers are, reported as a head."""
+    kw = primus_kwargs()
+    src = primus_network((16, 16, 16), kw, num_classes=3, seed=1)
+    path = tmp_path / "p.pth"
+    torch.save({"network_weights": src.state_dict(),
+                "init_args": {"dataset_json": {"labels": {"background": 0, "liver": 1, "spleen": 2}}}}, path)
+    target = primus_network((16, 16, 16), kw, num_classes=3, seed=2)
+    fresh = _snapshot(target)
+    report = load_pretrained(target, path, {"background": 0, "spleen": 1, "kidney": 2})
+    rec = _records(report)
+    heads = sorted(r.key for r in report.tensors if r.is_head)
+    assert heads == ["up_projection.decode.1.bias", "up_projection.decode.1.weight"]
+    assert {rec[k].code for k in heads} == {"head_mapped"}
+    assert rec["up_projection.decode.1.weight"].reason == ("head: copied 2 of 3 channels by label name "
+                                                           "(background<-background, spleen<-spleen)")
+    got, want = target.state_dict(), src.state_dict()
+    w, b = "up_projection.decode.1.weight", "up_projection.decode.1.bias"
+    assert torch.equal(got[w][:, 0], want[w][:, 0]) and torch.equal(got[w][:, 1], want[w][:, 2])
+    assert torch.equal(got[w][:, 2], fresh[w][:, 2])  # kidney: fresh
+    assert got[b].tolist() == [want[b][0].item(), want[b][2].item(), fresh[b][2].item()]
+    assert [(m.target_name, m.source_name) for m in report.label_mapping] == [
+        ("background", "background"), ("spleen", "spleen"), ("kidney", None)]
+    assert torch.equal(got["up_projection.decode.0.0.weight"], want["up_projection.decode.0.0.weight"])
+
+
+def test_a_primus_checkpoint_against_resenc_says_what_both_are_first(tmp_path, capsys, monkeypatch):
+    path, _ = primus_checkpoint(tmp_path / "p" / "checkpoint_final.pth")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["nnssl_adaptation_plan"]["architecture_plans"] = {"arch_class_name": "PrimusM", "arch_kwargs": None,
+                                                           "arch_kwargs_requiring_import": None}
+    torch.save(ckpt, path)
+    target = resenc_network(num_classes=2, seed=3)
+    with pytest.raises(LoadGuardError) as info:
+        load_pretrained(target, path)
+    assert str(info.value).startswith(
+        f"{path}: the checkpoint is a PrimusM (nnssl) and the target network a ResidualEncoderUNet: make plans that "
+        f"build the pretrained network with `nnunet-transfer plans --from {path} -t DATASET -tp PLANS` and fine-tune "
+        "with those plans. only 0.0% of the network's parameters")
+    assert info.value.report.to_dict()["mismatch"].startswith("the checkpoint is a PrimusM (nnssl)")
+    # check says it first too
+    resenc, _ = resenc_checkpoint(tmp_path / "r" / "checkpoint_final.pth")
+    for key, value in _nnssl_target(tmp_path, resenc).items():
+        monkeypatch.setenv(key, value)
+    assert main(["check", str(path), "-d", "952", "-c", "3d_fullres", "-p", "nnsslX"]) == 1
+    assert capsys.readouterr().err.startswith("FAIL: the checkpoint is a PrimusM (nnssl) and the target network a "
+                                              "ResidualEncoderUNet: make plans")
+    # the same family: no mismatch
+    assert load_pretrained(resenc_network(num_classes=2, seed=3), resenc).mismatch is None
+
+
+@pytest.mark.parametrize(("form", "line"), [("training", "trainer:     BaseMAETrainer (epoch 2)"),
+                                            ("released", "trainer:     BaseMAETrainer\n")])
+def test_inspect_prints_the_epoch_only_where_the_file_has_one(tmp_path, capsys, form, line):
+    path, _ = resenc_checkpoint(tmp_path / "checkpoint_final.pth", form=form, beside=True, embed=form == "training")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert line in out and "epoch None" not in out
+
+
+def test_nnssl_source_plans_keep_the_pretrainings_own_values(tmp_path):
+    path, _ = resenc_checkpoint(tmp_path / "c.pth")
+    plans = nnunet_plans(read_checkpoint(path).nnssl.plan)
+    assert plans["dataset_name"] == "Dataset745_OpenMind" and plans["plans_name"] == "nnsslPlans"
+    conf = plans["configurations"]["3d_fullres"]
+    assert conf["data_identifier"] == "nnsslPlans_onemmiso"
+    assert "original_median_shape_after_transp" not in plans and "median_image_size_in_voxels" not in conf
+    assert plans["original_median_spacing_after_transp"] == [1.0, 1.0, 1.0]  # what nnssl's plan says
+
+
+def test_plans_dry_run_diff_notes_and_the_trainers_guard(tmp_path):
+    """plans --from an nnssl checkpoint: the diff's source side is the pretraining plan's own (dataset, data
+    identifier), patch and batch size are said when left as they are, and the check is the suggested trainer's load
+    (nnssl_resenc: guard 0.8)."""
+    import os
+
+    from nnunet_transfer.demo.synthetic import make_dataset
+
+    path, _ = resenc_checkpoint(tmp_path / "ck" / "checkpoint_final.pth", recommended=(16, 16, 16))
+    make_dataset(tmp_path / "raw", 953, "Dry", num_cases=2, shape=(16, 16, 16), seed=0)
+    env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
+           "nnUNet_results": str(tmp_path / "res")}
+    env.pop("NNUNET_TRANSFER_RECIPE", None)
+    proc = cli("plans", "--from", path, "-t", "953", "-tp", "nnsslX", "--dry-run", "--json", tmp_path / "p.json",
+               env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert (f"plans transfer: {path} (nnssl, ResidualEncoderUNet, pretrained on Dataset745_OpenMind, configuration "
+            "onemmiso) -> Dataset953_Dry") in out
+    assert "note: 3d_fullres: patch size [16, 16, 16] (the checkpoint's recommended downstream patch size), batch " \
+           "size 2 (the default for nnssl checkpoints)" in out
+    assert "check: loader options from recipe nnssl_resenc of trainer nnUNetTrainerAdaptiveFT_nnsslResEnc" in out
+    data = json.loads((tmp_path / "p.json").read_text())
+    diff = {d["path"]: [d["source"], d["new"]] for d in data["diff"]}
+    assert diff["dataset_name"] == ["Dataset745_OpenMind", "Dataset953_Dry"]
+    assert diff["configurations.3d_fullres.data_identifier"] == ["nnsslPlans_onemmiso", "nnsslX_3d_fullres"]
+    assert diff["original_median_shape_after_transp"][0] == "<absent>"
+    assert "nnssl_pretraining" not in out and "160" not in out
+    assert data["reports"]["3d_fullres"]["min_coverage"] == 0.8 and data["reports"]["3d_fullres"]["passed"]
+    assert not (tmp_path / "pre" / "Dataset953_Dry" / "nnsslX.json").exists()
+
+
+def test_unused_source_keys_count_each_checkpoint_tensor_once(tmp_path):
+    """A plain nnU-Net ResEnc state dict (conv / all_modules.0 and decoder.encoder.* aliases) into a shallower target:
+    its deepest stage is unused, listed once per tensor (27) under its first name, not once per key (76)."""
+    from nnunet_transfer.core.loading.keys import storage_id
+
+    src = resenc_network(num_classes=2, seed=1)
+    path = tmp_path / "c.pth"
+    torch.save({"network_weights": src.state_dict()}, path)
+    stage2 = [k for k in src.state_dict() if k.startswith(("encoder.stages.2.", "decoder.encoder.stages.2."))]
+    assert len(stage2) == 76
+    report = load_pretrained(resenc_network(unet_kwargs(n_stages=2), num_classes=2, seed=2), path, min_coverage=0)
+    weights = torch.load(path, weights_only=True)["network_weights"]
+    assert len(report.unused_source_keys) == 27
+    assert len({storage_id(weights[k]) for k in report.unused_source_keys}) == 27
+    assert report.unused_source_keys[0] == "encoder.stages.2.blocks.0.conv1.conv.weight"
+    assert report.summary().endswith(", 27 unused source keys")

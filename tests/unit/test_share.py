@@ -171,6 +171,14 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch
     assert code == 2 and err.count("\n") == 1, err
     assert "nnUNetTrainer cannot build this model's network (dynamic_network_architectures" in err and "Primus" in err
     assert "not shared" in err and not out.exists()
+    # the Primus that flattens its tokens as nnssl's EvaMAE did (this package's class): refused the same way
+    hwd_plans = nnunet_plans(AdaptationPlan.model_validate(adaptation_plan("Primus", PRIMUS_KEYS, primus_kwargs())),
+                             dataset_name="Dataset990_Unit", token_order="hwd")
+    hwd = _model_folder(tmp_path / "results4", folds=("0",), plans=hwd_plans)
+    code, err = _run(capsys, hwd, "-o", out)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "nnUNetTrainer cannot build this model's network (nnunet_transfer.core.primus.PrimusHWD)" in err
+    assert "plain nnU-Net could not load it, not shared" in err and not out.exists()
     # an existing copy is never replaced without --overwrite
     assert _run(capsys, folder, "-o", out)[0] == 0
     shared = out / "Dataset990_Unit" / "nnUNetTrainer__nnUNetPlans__3d_fullres"

@@ -21,9 +21,10 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["KeyMap", "KeyMapping", "RenameRule", "normalize_keys", "parse_rename_rule", "rename_rule",
-           "strip_wrappers"]
+           "storage_id", "strip_wrappers"]
 
 RenameRule = tuple[str, str]
 KeyMap = Callable[[str], str | None]
@@ -164,3 +165,9 @@ def normalize_keys(
                 names[key] = tp + value[len(sp):]
         mapping.prefix_removed, mapping.prefix_added = sp, tp
     return mapping
+
+
+def storage_id(tensor: Any) -> tuple[int, int, tuple[int, ...]]:
+    """What makes two names of a state dict one tensor (aliases, e.g. ``decoder.encoder.*`` of ``encoder.*``):
+    storage, offset and shape."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))

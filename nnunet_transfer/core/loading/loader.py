@@ -28,7 +28,7 @@ from nnunet_transfer.core.loading.adapt import (
 )
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
 from nnunet_transfer.core.loading.heads import HeadChannels, head_channels, match_channels
-from nnunet_transfer.core.loading.keys import KeyMap, normalize_keys
+from nnunet_transfer.core.loading.keys import KeyMap, normalize_keys, storage_id
 from nnunet_transfer.core.loading.nnssl_map import NnsslFormat
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.core.loading.report import LabelMatch, LoadReport, ReasonCode, TensorRecord
@@ -96,14 +96,16 @@ def _is_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def _storage_id(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-
-
 def _map_heads(
-    src: torch.Tensor, tgt: torch.Tensor, src_ch: HeadChannels | None, tgt_ch: HeadChannels | None
+    src: torch.Tensor, tgt: torch.Tensor, src_ch: HeadChannels | None, tgt_ch: HeadChannels | None,
+    out_dim: int = 0,
 ) -> tuple[str, ReasonCode, str, torch.Tensor | None, list[LabelMatch]]:
-    """(status, code, reason, value, mapping) for one segmentation-head tensor."""
+    """(status, code, reason, value, mapping) for one segmentation-head tensor whose output channels lie along
+    ``out_dim`` (1 for a transposed convolution's weight, as Primus's last layer)."""
+    if out_dim:
+        status, code, reason, value, mapping = _map_heads(src.movedim(out_dim, 0), tgt.movedim(out_dim, 0), src_ch,
+                                                          tgt_ch)
+        return status, code, reason, None if value is None else value.movedim(0, out_dim), mapping
     if src.shape[1:] != tgt.shape[1:]:
         return ("skipped", ReasonCode.HEAD_SHAPE_DIFFERS,
                 f"head input shape differs: {_fmt(src.shape)} vs {_fmt(tgt.shape)}; fresh init", None, [])
@@ -151,8 +153,9 @@ def _head_rule(ctx: LoadContext, case: TensorCase) -> Decision | None:
         return None
     if not ctx.options.map_heads:
         return Decision("skipped", ReasonCode.HEAD_OFF.value, "head: map_heads is off; fresh init")
+    out_dim = 1 if isinstance(case.owner, _ConvTransposeNd) and case.target.ndim > 2 else 0
     status, code, reason, value, mapping = _map_heads(case.source, case.target, ctx.source_channels,
-                                                      ctx.target_channels)
+                                                      ctx.target_channels, out_dim)
     return Decision(status, code.value, reason, value, mapping)
 
 
@@ -251,10 +254,14 @@ def plan_load(
             f"{source.path}: NaN/Inf values in tensors that would be loaded: {'; '.join(nonfinite[:5])}"
             f"{f' (+{len(nonfinite) - 5} more)' if len(nonfinite) > 5 else ''}. Nothing was loaded."
         )
-    aliases_used = {_storage_id(source.state_dict[k]) for k in used}
+    seen = {storage_id(source.state_dict[k]) for k in used}  # each checkpoint tensor once, aliases too
     dropped = set(mapping.dropped)
-    unused = [k for k in source.state_dict
-              if k not in used and k not in dropped and _storage_id(source.state_dict[k]) not in aliases_used]
+    unused = []
+    for k in source.state_dict:
+        sid = storage_id(source.state_dict[k])
+        if k not in used and k not in dropped and sid not in seen:
+            unused.append(k)
+            seen.add(sid)
     own_dropped = fmt.dropped()  # the format's drops are said in its own note
     mapping.dropped = [k for k in mapping.dropped if k not in own_dropped]
     notes = fmt.finish(records, mapping)
@@ -272,6 +279,7 @@ def plan_load(
         min_coverage=options.min_coverage,
         label_mapping=label_mapping,
         notes=notes,
+        mismatch=fmt.mismatch(),
     )
     return report, plan
 
@@ -406,7 +414,8 @@ def load_pretrained(
     report, plan = plan_load(network, source, target_labels, opts)
     if not report.passed:
         raise LoadGuardError(
-            f"{source.path}: only {report.coverage:.1%} of the network's parameters (segmentation heads excluded) "
+            f"{source.path}: {report.mismatch + '. ' if report.mismatch else ''}only {report.coverage:.1%} of the "
+            "network's parameters (segmentation heads excluded) "
             f"would come from the checkpoint, below the minimum {report.min_coverage:.0%}; refusing to train as good "
             f"as from scratch. Main reasons: {'; '.join(report.main_reasons()) or 'none'}. Nothing was loaded. "
             "Run `nnunet-transfer check` to see every tensor; transfer the plans of the pretrained model to your "

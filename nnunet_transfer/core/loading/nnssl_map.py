@@ -11,12 +11,13 @@ Reading the format (the adaptation plan) is :mod:`nnunet_transfer.core.nnssl`'s.
 
 from __future__ import annotations
 
+import pydoc
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nnunet_transfer.core.loading.keys import KeyMap, KeyMapping, strip_wrappers
+from nnunet_transfer.core.loading.keys import KeyMap, KeyMapping, storage_id, strip_wrappers
 from nnunet_transfer.core.loading.report import ReasonCode, TensorRecord
 from nnunet_transfer.core.loading.rules import LoadContext, LoadFormat, register_load_format
 from nnunet_transfer.core.nnssl import AdaptationPlan
@@ -90,23 +91,35 @@ class NnsslKeyMap:
             return None
         return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
 
-    def describe(self) -> str:
+    def describe(self, not_loaded: int | None = None) -> str:
+        """The note of the load; ``not_loaded``: the checkpoint's tensors left out, each counted once (default: the
+        keys dropped, aliases included)."""
         p = self.plan
         parts = [f"{what} {src!r} -> {tgt!r}" for src, tgt, what in self._pairs]
         if p.key_to_lpe and self.target_lpe:
             parts.append(f"positional embedding {p.key_to_lpe!r} -> {self.target_lpe!r}")
+        n = len(self.dropped) if not_loaded is None else not_loaded
         return (f"nnssl checkpoint ({p.architecture_plans.arch_class_name}): {', '.join(parts)}; "
-                f"{len(self.dropped)} tensors of the pretraining decoder and head not loaded"
+                f"{n} tensors of the pretraining decoder and head not loaded"
                 + (" (load_decoder: the decoder loads where names and shapes match; heads never)"
                    if self.load_decoder else " (recipe pretrained.load_decoder: true loads the decoder where shapes "
                                               "allow)"))
 
 
-def nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: Iterable[str]) -> list[str]:
+def nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: Iterable[str],
+                  state_dict: Mapping[str, Any] | None = None) -> list[str]:
     """Say why what the nnssl checkpoint does not provide stays fresh; only stem, encoder and positional embedding
-    count towards coverage. Returns notes for the report."""
+    count towards coverage. A pretraining decoder or head tensor the checkpoint holds (``state_dict``) under the
+    target's name is ``skipped`` with both shapes; ``missing`` stays for what it does not hold. Returns notes for the
+    report, each checkpoint tensor counted once (aliases of a loaded tensor are not "not loaded")."""
+    state_dict = state_dict or {}
+    held = {}
+    for key in nnssl_map.dropped:
+        held.setdefault(strip_wrappers(key), key)
+    mapped = dict(mapped)  # raw checkpoint key -> target name
+    mapped_keys = list(mapped)
     src_stages: dict[int, set[int | None]] = {}
-    for name in mapped:
+    for name in mapped.values():
         st = nnssl_map.stage_of(name)
         if st is not None:
             src_stages.setdefault(st[0], set()).add(st[1])
@@ -122,6 +135,11 @@ def nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: I
                               "fresh: not part of the pretrained stem and encoder (nnssl: the pretraining decoder "
                               "reconstructed images)"
                               + ("" if nnssl_map.load_decoder else "; load_decoder: true loads it where shapes allow"))
+                src_key = next((held[n] for n in names if n in held), None)
+                if src_key is not None and src_key in state_dict:
+                    rec.status = "skipped"
+                    rec.source_key, rec.source_shape = src_key, list(state_dict[src_key].shape)
+                    rec.reason = "in the checkpoint, not loaded: " + rec.reason.removeprefix("fresh: ")
             continue
         st = next((s for n in names if (s := nnssl_map.stage_of(n)) is not None), None)
         if st is None:
@@ -137,7 +155,9 @@ def nnssl_records(records: list[TensorRecord], nnssl_map: NnsslKeyMap, mapped: I
             rec.code = ReasonCode.NEW_BLOCK.value
             rec.reason = (f"fresh: stage {st[0]} of the checkpoint's encoder has {len(src_stages[st[0]])} blocks; "
                           f"block {st[1]} is the target's own")
-    notes = [nnssl_map.describe()]
+    loaded = {storage_id(state_dict[k]) for k in mapped_keys if k in state_dict}
+    left = {storage_id(state_dict[k]) for k in nnssl_map.dropped if k in state_dict} - loaded
+    notes = [nnssl_map.describe(len(left) if state_dict else None)]
     extra = sorted(set(src_stages) - tgt_stages)
     if extra and tgt_stages:
         notes.append(f"checkpoint encoder stages {extra} not loaded: the target's encoder has {len(tgt_stages)} "
@@ -177,8 +197,36 @@ class NnsslFormat(LoadFormat):
             k = list(proj.shape[2:])
             for patch in (plan.pretrain_patch, list(plan.recommended_downstream_patchsize)):
                 if patch:
-                    hints.append([p // s for p, s in zip(patch, k, strict=True)])
+                    grid = [p // s for p, s in zip(patch, k, strict=True)]
+                    if self.ctx.source.nnssl.token_order == "hwd":  # the embedding's rows run (h w d)
+                        grid[0], grid[1] = grid[1], grid[0]
+                    hints.append(grid)
         return hints
 
     def finish(self, records: list[TensorRecord], mapping: KeyMapping) -> list[str]:
-        return nnssl_records(records, self.map, mapping.names.values())
+        notes = nnssl_records(records, self.map, mapping.names.items(), self.ctx.source.state_dict)
+        nnssl = self.ctx.source.nnssl
+        target_order = getattr(self.ctx.network, "token_order", "whd") if self.ctx.spec.name == "Primus" else None
+        if nnssl.token_order and target_order and nnssl.token_order != target_order:
+            def flat(order: str) -> str:
+                return f"({' '.join(order)})"
+
+            notes.append(
+                f"token order: the checkpoint's tokens were flattened {flat(nnssl.token_order)} in pretraining "
+                f"(trainer {nnssl.trainer_name}), this {type(self.ctx.network).__name__} flattens them "
+                f"{flat(target_order)}: its positional and rotary embeddings see the first two spatial axes swapped; "
+                "the plans of `nnunet-transfer plans --from` build a network with the pretraining's order")
+        return notes
+
+    def mismatch(self) -> str | None:
+        """The checkpoint's network family against the target's (e.g. a PrimusM against a ResidualEncoderUNet)."""
+        nnssl = self.ctx.source.nnssl
+        class_name = str(nnssl.architecture.get("network_class_name", ""))
+        source_class = pydoc.locate(class_name) if class_name else None
+        families = {c.__name__ for c in source_class.__mro__} if isinstance(source_class, type) else set()
+        if not families or self.ctx.spec.name in families:
+            return None
+        arch = nnssl.plan.architecture_plans.arch_class_name.rsplit(".", 1)[-1]  # a preset (PrimusM) or a class
+        return (f"the checkpoint is a {arch} (nnssl) and the target network a {type(self.ctx.network).__name__}: "
+                f"make plans that build the pretrained network with `nnunet-transfer plans --from "
+                f"{self.ctx.source.path} -t DATASET -tp PLANS` and fine-tune with those plans")

@@ -28,7 +28,8 @@ nonfinite                  skipped   NaN/Inf in the checkpoint tensor (the load 
 missing                    missing   no tensor of this name in the checkpoint
 pos_embed                  adapted   positional embedding resampled (trilinear) to the target's token grid
 pos_embed_grid             skipped   positional embedding: the token grid of one side cannot be inferred
-pretraining_decoder        missing   nnssl: decoder/head of the pretraining network, not transferred (fresh)
+pretraining_decoder        skipped   nnssl: decoder/head of the pretraining network, in the checkpoint but not
+                                     transferred (fresh); ``missing`` when the checkpoint has no such tensor
 new_stage                  missing   nnssl: the target's encoder has more stages than the checkpoint's (fresh)
 new_block                  missing   nnssl: the target's stage has more blocks than the checkpoint's (fresh)
 =========================  ========  =========================================================================
@@ -186,6 +187,9 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
     applied: bool = False
     groups: list[GroupRecord] = field(default_factory=list)
+    # what the checkpoint is against what the target is, and what to do, when the two are of different families
+    # (set by the checkpoint's format; said first when the guard refuses the load)
+    mismatch: str | None = None
 
     def attach_groups(self, groups: Sequence[Any]) -> None:
         """Fill :attr:`groups` from parameter groups (objects with ``name`` and parameter ``names``, e.g.
@@ -299,6 +303,7 @@ class LoadReport:
             "label_mapping": [asdict(m) for m in self.label_mapping],
             "notes": list(self.notes),
             "groups": [{**asdict(g), "coverage": g.coverage} for g in self.groups],
+            "mismatch": self.mismatch,
             "summary": self.summary(),
         }
 

@@ -135,6 +135,11 @@ class LoadFormat:
         """A last look at every record once all are decided (reasons for what stays fresh); returns notes."""
         return []
 
+    def mismatch(self) -> str | None:
+        """When checkpoint and target network are of different families: one sentence saying what each is and what
+        to do (said first when the guard refuses the load); None otherwise."""
+        return None
+
 
 _FORMATS: list[type[LoadFormat]] = []
 _RULES: list[tuple[str | None, TensorRule]] = []

@@ -11,14 +11,15 @@ __all__ = ["check_transfer"]
 
 
 def check_transfer(
-    transfer: PlansTransfer, min_coverage: float = 0.5, *, trainer: str | type | None = None
+    transfer: PlansTransfer, min_coverage: float = 0.5, *, trainer: str | type | None = None, options: Any = None
 ) -> list[tuple[str, Any]]:
     """The load the fine-tune would get, per configuration: ``[(configuration, LoadReport)]`` (dry runs).
 
     From a checkpoint: its weights against the network the new plans build for the target. From plans: the
     network the source plans build for the source (needs its dataset.json) against the target's. Networks are
     built as ``trainer`` builds them (default: the source's, else nnU-Net's ``nnUNetTrainer``); everything is in
-    memory: no folder is read or written.
+    memory: no folder is read or written. ``options`` (a :class:`LoadOptions`, e.g. the fine-tuning trainer's recipe's
+    ``pretrained`` section) replaces the default options with ``min_coverage``.
     """
     from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint
     from nnunet_transfer.core.loading.loader import LoadOptions, plan_load
@@ -26,7 +27,7 @@ def check_transfer(
 
     src = transfer.source
     trainer_class = find_trainer_class(trainer if trainer is not None else src.trainer)
-    options = LoadOptions(min_coverage=min_coverage)
+    options = options if options is not None else LoadOptions(min_coverage=min_coverage)
     results = []
     ckpt = src.checkpoint
     for c in transfer.configurations:

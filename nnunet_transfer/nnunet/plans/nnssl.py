@@ -13,23 +13,27 @@ __all__ = ["nnunet_plans"]
 
 
 def nnunet_plans(plan: AdaptationPlan, *, patch_size: Sequence[int] | None = None, batch_size: int = 2,
-                 configuration: str = "3d_fullres", plans_name: str = "nnsslPlans",
-                 dataset_name: str = "nnssl_pretraining") -> dict[str, Any]:
+                 configuration: str = "3d_fullres", plans_name: str | None = None,
+                 dataset_name: str | None = None, token_order: str | None = None) -> dict[str, Any]:
     """nnU-Net plans (one configuration) that build the pretrained network: the recommended downstream patch size
     (or ``patch_size``), the pretraining spacing, z-score normalisation, ``batch_size``. The target's dataset name,
-    intensity statistics and channel count are filled in by the plans transfer."""
+    intensity statistics and channel count are filled in by the plans transfer. What the pretraining plan says
+    (dataset and plans name, data identifier, median spacing and shape) is kept as it is, so that the transfer's diff
+    shows the pretraining's own values; entries it lacks are left out, not invented. ``token_order``: how the
+    pretraining flattened a Primus's tokens (``NnsslCheckpoint.token_order``; ``hwd`` builds ``PrimusHWD``)."""
     patch = [int(p) for p in (patch_size if patch_size is not None else plan.recommended_downstream_patchsize)]
-    arch = nnunet_architecture(plan, patch)
+    arch = nnunet_architecture(plan, patch, token_order=token_order)
     spacing = plan.pretrain_spacing or [1.0, 1.0, 1.0]
     conf = plan.pretrain_configuration
     norm = conf.get("normalization_schemes") or ["ZScoreNormalization"]
     resample = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    pretrain = plan.pretrain_plan
+    plans_name = plans_name or str(pretrain.get("plans_name") or "nnsslPlans")
     configuration_dict = {
-        "data_identifier": f"{plans_name}_{configuration}",
+        "data_identifier": str(conf.get("data_identifier") or f"{plans_name}_{plan.pretrain_configuration_name}"),
         "preprocessor_name": "DefaultPreprocessor",
         "batch_size": int(batch_size),
         "patch_size": patch,
-        "median_image_size_in_voxels": [float(p) for p in patch],
         "spacing": [float(s) for s in spacing],
         "normalization_schemes": list(norm[:1]),
         "use_mask_for_norm": [False],
@@ -42,11 +46,17 @@ def nnunet_plans(plan: AdaptationPlan, *, patch_size: Sequence[int] | None = Non
         "architecture": arch,
         "batch_dice": False,
     }
-    return {
-        "dataset_name": dataset_name,
+    if "median_image_size_in_voxels" in conf:
+        configuration_dict["median_image_size_in_voxels"] = conf["median_image_size_in_voxels"]
+    plans: dict[str, Any] = {
+        "dataset_name": dataset_name or str(pretrain.get("dataset_name") or "nnssl pretraining (unnamed)"),
         "plans_name": plans_name,
-        "original_median_spacing_after_transp": [float(s) for s in spacing],
-        "original_median_shape_after_transp": patch,
+    }
+    for key in ("original_median_spacing_after_transp", "original_median_shape_after_transp"):
+        if key in pretrain:
+            plans[key] = pretrain[key]
+    return {
+        **plans,
         "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2],
         "transpose_backward": [0, 1, 2],

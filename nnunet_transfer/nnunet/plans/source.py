@@ -57,7 +57,10 @@ def read_source_plans(
             from nnunet_transfer.nnunet.plans.nnssl import nnunet_plans
 
             plan = ckpt.nnssl.plan
-            return SourcePlans(nnunet_plans(plan), f"{path} (nnssl, {plan.architecture_plans.arch_class_name})",
+            plans = nnunet_plans(plan, token_order=ckpt.nnssl.token_order)
+            what = (f"{path} (nnssl, {plan.architecture_plans.arch_class_name}, pretrained on {plans['dataset_name']}, "
+                    f"configuration {plan.pretrain_configuration_name})")
+            return SourcePlans(plans, what,
                                ["3d_fullres"], ckpt, None, normalization="ZScoreNormalization",
                                input_channels=plan.pretrain_num_input_channels, trainer="nnUNetTrainerAdaptiveFT")
         if ckpt.plans is None or "configurations" not in ckpt.plans:

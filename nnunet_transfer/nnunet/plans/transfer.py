@@ -239,6 +239,14 @@ def transfer_plans(
         result.notes.append(f"CT normalisation uses the {intensity_stats}'s intensity statistics")
     elif intensity_stats == "source":
         result.notes.append("intensity statistics kept from the source (only CT normalisation uses them)")
+    if source.checkpoint is not None and getattr(source.checkpoint, "nnssl", None) is not None:
+        for c in confs:  # said even when left as they are: the defaults are choices too
+            conf = new["configurations"][c]
+            result.notes.append(
+                f"{c}: patch size {conf['patch_size']} ("
+                + ("--patch-size" if patch_size is not None else "the checkpoint's recommended downstream patch size")
+                + f"), batch size {conf['batch_size']} ("
+                + ("--batch-size" if batch_size is not None else "the default for nnssl checkpoints") + ")")
     if n_channels != src_channels and src_channels:
         result.notes.append(f"input channels {src_channels} -> {n_channels}: the first convolution will be adapted")
     return result
