@@ -24,16 +24,20 @@ peft's files ``x.lora_A.weight`` (:func:`to_peft_key`, :func:`from_peft_key`).
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_transfer.core.io import atomic_path
 from nnunet_transfer.core.modules import unwrap_network
 from nnunet_transfer.errors import AdapterError, PeftMissingError, RecipeError
 
@@ -42,11 +46,17 @@ if TYPE_CHECKING:
     from nnunet_transfer.core.schedules.recipes import Adapters
 
 __all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_FOLDER",
     "ADAPTER_NAME",
+    "ADAPTER_WEIGHTS",
+    "BASE_RECORD",
     "PEFT_INSTALL",
     "adapter_layers",
     "adapter_targets",
     "delta_weight",
+    "fold_metadata",
+    "from_base",
     "from_peft_key",
     "has_adapters",
     "inject_adapters",
@@ -54,7 +64,9 @@ __all__ = [
     "merge_adapters",
     "merge_lora_weights",
     "plain_key",
+    "read_adapters",
     "require_peft",
+    "save_adapters",
     "split_fixed",
     "to_peft_key",
 ]
@@ -266,3 +278,87 @@ def split_fixed(module: nn.Module, groups: Sequence[ParameterGroup], adapters: A
                           "build it with nnunet_transfer.core.adapters.inject_adapters (a LoRA trainer does)")
     return targeted
 
+
+
+# --- adapter files (peft's format) ----------------------------------------------------------------------------------
+ADAPTER_CONFIG = "adapter_config.json"  # peft's LoraConfig
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's adapter file; here with the fold's other trained tensors
+ADAPTER_FOLDER = "adapters"  # in a fold folder: the fold's adapters, written at the end of training
+BASE_RECORD = "adapter_base.json"  # in a fold folder: the pretrained checkpoint (path, SHA-256) the run started from
+
+
+def from_base(state_dict: Mapping[str, torch.Tensor], report: Mapping[str, Any] | None) -> set[str]:
+    """The pretrained weights of adapted layers (``x.base_layer.weight``, every alias) that the load ``report``
+    (a :class:`~nnunet_transfer.core.loading.report.LoadReport`'s JSON form) says came from the checkpoint: an
+    adapter file leaves them out, ``apply`` loads them from the base checkpoint again."""
+    if not report:
+        return set()
+    loaded = {n for r in report.get("tensors", []) if r.get("status") in ("loaded", "adapted")
+              for n in (r["key"], *r.get("aliases", []))}
+    return {k for k in state_dict if k.endswith(f"{_BASE_LAYER}weight") and k in loaded}
+
+
+def fold_metadata(plans: dict[str, Any], configuration: str, fold: str, dataset_json: dict[str, Any],
+                  trainer_name: str, epoch: int | None, mirroring_axes: list[int] | None,
+                  base: dict[str, Any] | None, base_keys: set[str]) -> dict[str, Any]:
+    """What an adapter file's header records: the base checkpoint (path, SHA-256), the plans with the recipe, the
+    configuration, fold, labels, trainer, epoch and mirroring axes of the fold, and the keys taken from the base."""
+    return {"base_checkpoint": (base or {}).get("checkpoint"), "base_checkpoint_sha256": (base or {}).get("sha256"),
+            "plans": plans, "configuration": configuration, "fold": fold, "dataset_json": dataset_json,
+            "trainer_name": trainer_name, "current_epoch": epoch, "inference_allowed_mirroring_axes": mirroring_axes,
+            "from_base": sorted(base_keys)}
+
+
+def save_adapters(out: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], adapters: Adapters,
+                  base_keys: set[str], metadata: Mapping[str, Any]) -> Path:
+    """Write a LoRA fold in peft's format into the folder ``out``: ``adapter_config.json`` (peft's ``LoraConfig``:
+    rank, alpha, dropout, the adapted modules) and ``adapter_model.safetensors``: the adapters under peft's names
+    (``x.lora_A.weight``) and every other tensor of the fold (decoder, heads, norms; each tensor once) under the
+    network's names, except ``base_keys`` (the pretrained weights, taken from the base checkpoint again). ``metadata``
+    (the base checkpoint's SHA-256, the plans, ...) goes into the safetensors header as JSON strings. Returns ``out``.
+    """
+    peft = require_peft("adapter files")
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    for key, value in state_dict.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if key in base_keys or (value.numel() and ident in seen):
+            continue
+        seen.add(ident)
+        tensors[to_peft_key(key)] = value.detach().to("cpu").contiguous().clone()
+    suffix = f".lora_A.{ADAPTER_NAME}.weight"
+    modules = sorted({k[: -len(suffix)] for k in state_dict if k.endswith(suffix)})
+    if not modules:
+        raise AdapterError("the state dict holds no LoRA adapters: nothing to write")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = peft.LoraConfig(r=adapters.rank, lora_alpha=adapters.alpha, lora_dropout=adapters.dropout,
+                             target_modules=modules, bias="none")
+    config.save_pretrained(str(out))
+    header = {"format": "pt", **{k: json.dumps(v) for k, v in metadata.items()}}
+    with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return out
+
+
+def read_adapters(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors (under the network's names) and the metadata of a folder :func:`save_adapters` wrote. Raises
+    :class:`~nnunet_transfer.errors.AdapterError` naming the folder when it is not one."""
+    require_peft("adapter files")
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    missing = [n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (folder / n).is_file()]
+    if missing:
+        raise AdapterError(f"{folder}: not an adapter folder ({', '.join(missing)} missing); write one with "
+                           "nnunet-transfer adapters extract")
+    try:
+        with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {from_peft_key(k): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
+        metadata = {k: json.loads(v) for k, v in header.items() if k != "format"}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{folder / ADAPTER_WEIGHTS}: cannot be read ({e})") from None
+    return tensors, metadata

@@ -35,8 +35,18 @@ import torch
 import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_transfer.core.adapters import inject_adapters, require_peft
+from nnunet_transfer.core.adapters import (
+    ADAPTER_FOLDER,
+    BASE_RECORD,
+    fold_metadata,
+    from_base,
+    has_adapters,
+    inject_adapters,
+    require_peft,
+    save_adapters,
+)
 from nnunet_transfer.core.background import LatestJobWorker
+from nnunet_transfer.core.io import read_json_object, sha256_file, write_json_atomic
 from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
 from nnunet_transfer.core.loading.report import LoadReport
 from nnunet_transfer.core.schedules.engine import FineTuneEngine
@@ -196,6 +206,9 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
         report.attach_groups(self.param_groups)
         self._log_report(report)
         self.pretrained_report = report
+        if self.local_rank == 0 and has_adapters(self.network):  # the base the fold's adapters apply to
+            write_json_atomic(Path(self.output_folder) / BASE_RECORD,
+                              {"checkpoint": checkpoint, "sha256": sha256_file(checkpoint)})
         return report
 
     def _log_report(self, report: LoadReport) -> None:
@@ -349,8 +362,25 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
         self._release_stop_signals()
         try:
             super().on_train_end()
+            self._write_adapters()
         finally:
             self._graceful.uninstall()
+
+    def _write_adapters(self) -> None:
+        """A LoRA run's final adapters in peft's format in ``fold_F/adapters`` (``nnunet-transfer adapters
+        extract`` writes the same from ``checkpoint_final.pth``)."""
+        fold = Path(self.output_folder)
+        if self.local_rank != 0 or self.ft_recipe.adapters is None or not has_adapters(self.network):
+            return
+        base = fold / BASE_RECORD
+        report = fold / REPORT_FILE
+        state = unwrap_network(self.network).state_dict()
+        keys = from_base(state, read_json_object(report) if report.is_file() else None)
+        metadata = fold_metadata(self.plans_manager.plans, self.configuration_name, str(self.fold),
+                                 self.dataset_json, type(self).__name__, self.current_epoch,
+                                 list(self.inference_allowed_mirroring_axes or []) or None,
+                                 read_json_object(base) if base.is_file() else None, keys)
+        save_adapters(fold / ADAPTER_FOLDER, state, self.ft_recipe.adapters, keys, metadata)
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:

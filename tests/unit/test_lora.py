@@ -292,3 +292,49 @@ def test_plans_json_recipe_names_the_adapters(tmp_path, monkeypatch):
     data = json.loads(json.dumps(trainer.plans_manager.plans["nnunet_transfer_recipe"]))
     assert data["adapters"] == {"method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.0,
                                 "targets": ["encoder.*"], "train_norms": True}
+
+
+def test_adapters_saved_in_peft_format_apply_to_their_base_only(tmp_path):
+    from helpers import make_dataset_json, make_plans
+    from safetensors.torch import load_file
+
+    from nnunet_transfer.core.adapters import fold_metadata, from_base, save_adapters
+    from nnunet_transfer.core.io import sha256_file
+    from nnunet_transfer.errors import AdapterError
+    from nnunet_transfer.export.adapters import apply_adapters
+    from nnunet_transfer.nnunet.networks import build_network
+
+    adapters = Adapters(rank=2, alpha=4)
+    plans, dataset_json = make_plans(), make_dataset_json()
+    plans["nnunet_transfer_recipe"] = Recipe(name="t", adapters=adapters).model_dump(mode="json", exclude={"source"})
+    torch.manual_seed(0)
+    base = tmp_path / "base.pth"
+    torch.save({"network_weights": build_network(plans, "3d_fullres", dataset_json).state_dict()}, base)
+    fold = build_network(plans, "3d_fullres", dataset_json)
+    inject_adapters(fold, adapters)
+    report = load_pretrained(fold, base, dataset_json["labels"])
+    moved(fold)
+    with torch.no_grad():  # "trained": the decoder too
+        fold.decoder.stages[0].convs[0].conv.weight.add_(1.0)
+    keys = from_base(fold.state_dict(), report.to_dict())
+    assert keys and all(".base_layer.weight" in k for k in keys)
+    meta = fold_metadata(plans, "3d_fullres", "0", dataset_json, "nnUNetTrainerAdaptiveFT_LoRA", 3, [0, 1, 2],
+                         {"checkpoint": str(base), "sha256": sha256_file(base)}, keys)
+    folder = save_adapters(tmp_path / "adapters", fold.state_dict(), adapters, keys, meta)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 2, 4)
+    stored = load_file(str(folder / "adapter_model.safetensors"))
+    assert not keys & set(stored) and any(k.endswith("lora_B.weight") for k in stored)
+
+    out = apply_adapters(base, folder, tmp_path / "full.pth")
+    ckpt = torch.load(out, weights_only=False)
+    expected = merge_lora_weights(fold.state_dict(), adapters)
+    assert ckpt["trainer_name"] == "nnUNetTrainer" and ckpt["network_weights"].keys() == expected.keys()
+    assert all(torch.equal(ckpt["network_weights"][k], v) for k, v in expected.items())
+    assert "nnunet_transfer_recipe" not in ckpt["init_args"]["plans"]
+
+    other = tmp_path / "other.pth"
+    torch.save({"network_weights": build_network(plans, "3d_fullres", dataset_json).state_dict()}, other)
+    with pytest.raises(AdapterError, match=r"other.pth: SHA-256 .* is not that of the base checkpoint"):
+        apply_adapters(other, folder, tmp_path / "no.pth")
+    assert not (tmp_path / "no.pth").exists()
