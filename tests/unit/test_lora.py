@@ -338,3 +338,44 @@ def test_adapters_saved_in_peft_format_apply_to_their_base_only(tmp_path):
     with pytest.raises(AdapterError, match=r"other.pth: SHA-256 .* is not that of the base checkpoint"):
         apply_adapters(other, folder, tmp_path / "no.pth")
     assert not (tmp_path / "no.pth").exists()
+
+
+@pytest.fixture
+def gloo(tmp_path):
+    """A one-process gloo process group (world size 1) for the duration of the test."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg_store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_lora_under_ddp_and_torch_compile_trains_as_the_plain_module(gloo, compiled):
+    """DDP (find_unused_parameters=False, nnU-Net's) over the (compiled) adapted network: the same steps as the plain
+    module, the pretrained weights unchanged."""
+    torch._dynamo.reset()
+    recipe = Recipe.model_validate({**load_recipe("lora").model_dump(), "adapters": {"rank": 2}})
+    x = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    results = []
+    for wrap in (False, True):
+        net = make_unet()
+        inject_adapters(net, recipe.adapters)
+        moved(net)
+        start = {k: v.clone() for k, v in net.state_dict().items()}
+        engine = FineTuneEngine(net, recipe, 10, 0.01)
+        model = net
+        if wrap:
+            inner = torch.compile(net, backend="aot_eager") if compiled else net
+            model = torch.nn.parallel.DistributedDataParallel(inner, find_unused_parameters=False)
+        net.train()
+        for _ in range(2):
+            engine.optimizer.zero_grad()
+            sum(o.square().mean() for o in model(x)).backward()
+            engine.optimizer.step()
+        results.append(net.state_dict())
+    for k, v in results[1].items():
+        assert torch.allclose(v, results[0][k], rtol=1e-5, atol=1e-6), k
+        if k.endswith("base_layer.weight"):
+            assert torch.equal(v, start[k]), k
+    torch._dynamo.reset()
