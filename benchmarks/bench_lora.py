@@ -6,9 +6,9 @@ For a PlainConvUNet and a ResidualEncoderUNet (nnU-Net's 3d building blocks, 5 s
 (:class:`~nnunet_transfer.core.schedules.engine.FineTuneEngine`) built as the trainer builds it, and ``--iters``
 training steps (forward, nnU-Net-like deep-supervision loss, backward, optimizer step) timed on random batches.
 Printed per network: trainable parameters, optimizer state bytes, median step time and training-step peak memory
-(CUDA: ``max_memory_allocated``; CPU: peak RSS during the steps minus RSS before them), each also as a ratio to full
-fine-tuning; and the size of a fold's adapter file (peft's format, what ``nnunet-transfer adapters extract`` writes)
-against the full checkpoint's network weights.
+(CUDA: ``max_memory_allocated``; CPU: the process's peak RSS minus its RSS before the first step), each also as a
+ratio to full fine-tuning; and the size of a fold's adapter file (peft's format, what ``nnunet-transfer adapters
+extract`` writes) against the full checkpoint's network weights.
 
 Configurations: ``full_ft`` (everything trains, encoder at 0.1x), ``default@0`` / ``default@end`` (the default recipe
 at its first epoch: encoder frozen; at its last: everything trains), ``frozen_encoder`` (decoder_only), ``lora_r4``,
@@ -94,25 +94,24 @@ def worker(network_name: str, config: str, args: argparse.Namespace) -> dict:
         loss.backward()
         engine.optimizer.step()
 
-    step()  # warm-up; the optimizer state exists from here on
+    # peak memory of training from here (optimizer state, gradients, activations): CUDA's allocator peak, or the
+    # process's peak RSS (ru_maxrss, the kernel's own maximum) above the RSS before the first step
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_mb()
-        resource_peak = 0.0
+    step()  # warm-up; the optimizer state exists from here on
     times = []
     for _ in range(args.iters):
         t0 = time.perf_counter()
         step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        else:
-            resource_peak = max(resource_peak, _rss_mb())
         times.append(time.perf_counter() - t0)
     peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda"
-            else max(resource_peak - base, 0.0))
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
     state_bytes = sum(t.numel() * t.element_size() for s in engine.optimizer.state.values() for t in s.values()
                       if torch.is_tensor(t))
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)

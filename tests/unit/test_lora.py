@@ -340,16 +340,6 @@ def test_adapters_saved_in_peft_format_apply_to_their_base_only(tmp_path):
     assert not (tmp_path / "no.pth").exists()
 
 
-@pytest.fixture
-def gloo(tmp_path):
-    """A one-process gloo process group (world size 1) for the duration of the test."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg_store'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("compiled", [False, True])
 def test_lora_under_ddp_and_torch_compile_trains_as_the_plain_module(gloo, compiled):
     """DDP (find_unused_parameters=False, nnU-Net's) over the (compiled) adapted network: the same steps as the plain
