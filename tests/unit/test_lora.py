@@ -369,3 +369,30 @@ def test_lora_under_ddp_and_torch_compile_trains_as_the_plain_module(gloo, compi
         if k.endswith("base_layer.weight"):
             assert torch.equal(v, start[k]), k
     torch._dynamo.reset()
+
+
+def test_nnssl_primus_lora_trainer_adapts_the_transformer(tmp_path, monkeypatch):
+    import helpers
+    from nnssl_data import primus_kwargs
+
+    from nnunet_transfer.trainers.variants import nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA
+
+    make = helpers.make_plans
+
+    def primus_plans(**kw):
+        plans = make(**kw)
+        conf = plans["configurations"]["3d_fullres"]
+        conf["architecture"] = {"network_class_name": "dynamic_network_architectures.architectures.primus.Primus",
+                                "_kw_requires_import": [],
+                                "arch_kwargs": {**primus_kwargs(), "input_shape": conf["patch_size"]}}
+        return plans
+
+    monkeypatch.setattr(helpers, "make_plans", primus_plans)
+    trainer = build_trainer(tmp_path, monkeypatch, nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA)
+    layers = adapter_layers(trainer.network)
+    assert any(n.endswith("attn.q_proj") for n in layers) and any(n.endswith("mlp.fc2") for n in layers)
+    assert type(trainer.optimizer).__name__ == "AdamW"
+    blocks = [g for g in trainer.engine.groups if g.name.startswith("encoder.stage")]
+    assert blocks and all(g.fixed and any(is_adapter_key(n) for n in g.names) for g in blocks)
+    heads = next(g for g in trainer.engine.groups if g.name == "heads")
+    assert not heads.fixed and not any(is_adapter_key(n) for n in heads.names)
