@@ -4,7 +4,9 @@ For a PlainConvUNet and a ResidualEncoderUNet (nnU-Net's 3d building blocks, 5 s
 (1, 2, 4, 8, 10)), each configuration runs in its own fresh process (so that peak memory is its own), alternating over
 ``--rounds`` rounds: the network is built, adapters injected where the recipe has them, the fine-tuning engine
 (:class:`~nnunet_transfer.core.schedules.engine.FineTuneEngine`) built as the trainer builds it, and ``--iters``
-training steps (forward, nnU-Net-like deep-supervision loss, backward, optimizer step) timed on random batches.
+training steps (forward, nnU-Net-like deep-supervision loss, backward, optimizer step) run on a random batch. Step
+times come from one more process that holds every configuration and interleaves their steps (``--iters`` x
+``--rounds`` each), so that the machine's load weighs on all alike.
 Printed per network: trainable parameters, optimizer state bytes, median step time and training-step peak memory
 (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS minus its RSS before the first step), each also as a
 ratio to full fine-tuning; and the size of a fold's adapter file (peft's format, what ``nnunet-transfer adapters
@@ -66,13 +68,13 @@ def _recipe(config: str):
     return load_recipe({"full_ft": "full_ft", "frozen_encoder": "decoder_only"}.get(config, "default"))
 
 
-def worker(network_name: str, config: str, args: argparse.Namespace) -> dict:
+def _setup(network_name: str, config: str, args: argparse.Namespace):
+    """The network, its engine in the configuration's state, and one training step on a fixed random batch."""
     import torch
 
     from nnunet_transfer.core.adapters import inject_adapters
     from nnunet_transfer.core.schedules.engine import FineTuneEngine
 
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     net = _network(network_name, args.width)
     recipe = _recipe(config)
@@ -94,6 +96,36 @@ def worker(network_name: str, config: str, args: argparse.Namespace) -> dict:
         loss.backward()
         engine.optimizer.step()
 
+    return net, engine, step
+
+
+def timing_worker(network_name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Median step time of every configuration in one process, interleaved step by step (each round in another
+    order), so that the machine's load weighs on all alike."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    steps = {c: _setup(network_name, c, args)[2] for c in CONFIGS}
+    for step in steps.values():
+        step()  # warm-up
+    times: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    for i in range(args.iters * args.rounds):
+        for c in (CONFIGS if i % 2 == 0 else CONFIGS[::-1]):
+            t0 = time.perf_counter()
+            steps[c]()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            times[c].append(time.perf_counter() - t0)
+    return {c: statistics.median(t) for c, t in times.items()}
+
+
+def worker(network_name: str, config: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    net, engine, step = _setup(network_name, config, args)
+
     # peak memory of training from here (optimizer state, gradients, activations): CUDA's allocator peak, or the
     # process's peak RSS (ru_maxrss, the kernel's own maximum) above the RSS before the first step
     if device.type == "cuda":
@@ -102,20 +134,16 @@ def worker(network_name: str, config: str, args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_mb()
-    step()  # warm-up; the optimizer state exists from here on
-    times = []
-    for _ in range(args.iters):
-        t0 = time.perf_counter()
+    for _ in range(args.iters + 1):  # the first creates the optimizer state
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
     state_bytes = sum(t.numel() * t.element_size() for s in engine.optimizer.state.values() for t in s.values()
                       if torch.is_tensor(t))
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    return {"time": statistics.median(times), "peak_mb": peak, "optimizer_bytes": state_bytes,
+    return {"peak_mb": peak, "optimizer_bytes": state_bytes,
             "trainable": trainable, "total": sum(p.numel() for p in net.parameters())}
 
 
@@ -150,20 +178,25 @@ def main() -> None:
     p.add_argument("--worker", nargs=2, metavar=("NETWORK", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(*args.worker, args)))
+        network_name, config = args.worker
+        result = timing_worker(network_name, args) if config == "timing" else worker(network_name, config, args)
+        print("RESULT " + json.dumps(result))
         return
     passthrough = [f"--{k}={getattr(args, k)}" for k in ("patch", "width", "batch", "iters", "threads", "device")]
     for network_name in NETWORKS:
+        def run_worker(config: str, network_name: str = network_name) -> dict:
+            out = subprocess.run([sys.executable, __file__, *passthrough, f"--rounds={args.rounds}", "--worker",
+                                  network_name, config], capture_output=True, text=True, check=True,
+                                 env={**os.environ})
+            return json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+
         runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
         for r in range(args.rounds):
             for config in (CONFIGS if r % 2 == 0 else CONFIGS[::-1]):
-                out = subprocess.run([sys.executable, __file__, *passthrough, "--worker", network_name, config],
-                                     capture_output=True, text=True, check=True, env={**os.environ})
-                line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-                runs[config].append(json.loads(line[len("RESULT "):]))
-        rows = {c: {"time": statistics.median(r["time"] for r in rs), "peak_mb": statistics.median(
-            r["peak_mb"] for r in rs), **{k: rs[0][k] for k in ("optimizer_bytes", "trainable", "total")}}
-            for c, rs in runs.items()}
+                runs[config].append(run_worker(config))
+        times = run_worker("timing")
+        rows = {c: {"time": times[c], "peak_mb": statistics.median(r["peak_mb"] for r in rs),
+                    **{k: rs[0][k] for k in ("optimizer_bytes", "trainable", "total")}} for c, rs in runs.items()}
         ref = rows["full_ft"]
         print(f"\n{network_name} ({ref['total'] / 1e6:.2f} M parameters; patch {args.patch}^3, batch {args.batch}, "
               f"width {args.width}, {args.device}, {args.iters} steps x {args.rounds} rounds)")
