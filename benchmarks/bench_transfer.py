@@ -8,11 +8,14 @@
      the budget by ``Recipe.scaled``;
    * ``stock fine-tuning``: the stock trainer with ``-pretrained_weights`` on plans moved from the checkpoint
      (``nnunet-transfer plans``; the stock loader needs identical networks) and stock hyperparameters;
-   * ``from scratch``: the stock trainer on the target's own plans.
+   * ``from scratch``: the stock trainer on the target's own plans;
+   * with ``--lora``, ``LoRA``: ``nnUNetTrainerAdaptiveFT_LoRA -pretrained_weights`` on the target's own plans, the
+     shipped lora recipe (rank-8 adapters on the encoder, decoder and heads fully) on the same budget (peft extra).
 4. every run on each of nnU-Net's five folds (each fold: its own training cases and validation cases); print each
    arm's validation Dice per fold, its mean, and the per-fold difference of the default recipe to the others.
 
     python benchmarks/bench_transfer.py --pretrain-epochs 60 --epochs 40 --iters 5 --folds 0 1 2 3 4
+    python benchmarks/bench_transfer.py --lora     # the same, with the LoRA arm
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--target-cases", type=int, default=10)
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--lora", action="store_true", help="add the LoRA arm (nnUNetTrainerAdaptiveFT_LoRA)")
     args = ap.parse_args()
 
     import yaml
@@ -92,6 +96,9 @@ def main() -> None:
     recipe = load_recipe("default").scaled(args.epochs).model_copy(
         update={"iterations_per_epoch": args.iters, "val_iterations_per_epoch": 2})
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True)))
+    lora = load_recipe("lora").scaled(args.epochs).model_copy(
+        update={"iterations_per_epoch": args.iters, "val_iterations_per_epoch": 2})
+    (root / "lora.yaml").write_text(yaml.safe_dump(lora.model_dump(mode="json", exclude_none=True)))
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_def_n_proc="2", nnUNet_n_proc_DA="2",
                nnUNet_compile="false", nnUNet_extTrainer=str(root / "trainers"))
@@ -122,6 +129,11 @@ def main() -> None:
         "stock from scratch (own plans)": (
             ["-tr", "nnUNetTrainer_BenchFT"], env, results / "nnUNetTrainer_BenchFT__nnUNetPlans__3d_fullres"),
     }
+    if args.lora:
+        arms["LoRA r8 (AdaptiveFT_LoRA, own plans)"] = (
+            ["-tr", "nnUNetTrainerAdaptiveFT_LoRA", "-pretrained_weights", str(ckpt)],
+            dict(env, NNUNET_TRANSFER_RECIPE=str(root / "lora.yaml")),
+            results / "nnUNetTrainerAdaptiveFT_LoRA__nnUNetPlans__3d_fullres")
     dice: dict[str, list[float]] = {name: [] for name in arms}
     for fold in args.folds:
         for name, (extra, arm_env, folder) in arms.items():

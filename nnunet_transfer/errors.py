@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from nnunet_transfer.core.loading.report import LoadReport
 
 __all__ = [
+    "AdapterError",
     "ArchitectureError",
     "CampaignError",
     "CheckpointError",
@@ -18,6 +19,7 @@ __all__ = [
     "MissingTrainerWarning",
     "NnsslError",
     "NonFiniteWeightsError",
+    "PeftMissingError",
     "PlansError",
     "PretrainedSeamWarning",
     "RecipeError",
@@ -126,3 +128,13 @@ class PretrainedSeamWarning(UserWarning):
 class MissingTrainerWarning(UserWarning):
     """A checkpoint's trainer class is not installed: its network was built by nnU-Net's own ``nnUNetTrainer``, which
     the tensor-by-tensor check can confirm only for the parameters (not activations or other parameter-free parts)."""
+
+
+class AdapterError(TransferError):
+    """LoRA adapters that cannot be injected, saved or applied (a wrong base checkpoint, a folder without adapters)."""
+
+
+class PeftMissingError(AdapterError):
+    """Adapters were asked for, but Hugging Face ``peft`` (the ``peft`` extra) is not installed."""
+
+    process_exit_status = 2  # nnUNetv2_train ends with it (trainers/_user_errors.py): a user error, nothing written

@@ -1,5 +1,5 @@
 """The ``nnunet-transfer`` command line: one module per command (inspect, check, plans, doctor, demo, campaign,
-export, share, classify-demo, gpu-check).
+export, share, classify-demo, gpu-check, adapters).
 
 Exit codes: 0 success (the load passes the guard), 1 the load would not pass the guard (or doctor found a
 problem), 2 unusable input. Expected errors print one message, no traceback, and create no files.
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (each command module registers its own sub-parser)."""
     from nnunet_transfer._version import __version__
     from nnunet_transfer.cli import (
+        adapters,
         campaign,
         check,
         classify_demo,
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-transfer", description="Transfer learning for nnU-Net v2.")
     parser.add_argument("--version", action="version", version=f"nnunet-transfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (inspect, check, plans, doctor, demo, campaign, export, share, classify_demo, gpu_check):
+    for command in (inspect, check, plans, doctor, demo, campaign, export, share, classify_demo, gpu_check, adapters):
         command.register(sub)
     return parser
 

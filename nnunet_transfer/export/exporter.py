@@ -18,13 +18,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from nnunet_transfer.core.adapters import is_adapter_key
 from nnunet_transfer.core.io import write_json_atomic
 from nnunet_transfer.core.modules import unwrap_network
 from nnunet_transfer.errors import ExportError, ExportRefusedError
@@ -262,6 +263,22 @@ def _trainer_name(trainer: str | type | None) -> str | None:
     return trainer if trainer is None or isinstance(trainer, str) else trainer.__name__
 
 
+def _merged(folder: ModelFolder, checkpoint: FoldCheckpoint, trainer: str | type | None
+            ) -> tuple[FoldCheckpoint, str | type]:
+    """A LoRA fold's checkpoint with its adapters merged (the recipe in the plans gives their scale), and the trainer
+    that builds the plain network: ``trainer`` if given, else the nnU-Net trainer whose network ours builds."""
+    from nnunet_transfer.core.adapters import merge_lora_weights
+    from nnunet_transfer.core.schedules.recipes import adapters_in_plans
+    from nnunet_transfer.export.share import stock_trainer_for
+
+    adapters = adapters_in_plans(folder.plans)
+    if adapters is None:
+        raise ExportError(f"{checkpoint.path}: holds LoRA adapter tensors, but {folder.path / 'plans.json'} names no "
+                          "recipe with adapters (their rank and alpha): cannot merge them")
+    merged = replace(checkpoint, state_dict=merge_lora_weights(checkpoint.state_dict, adapters))
+    return merged, trainer if trainer is not None else stock_trainer_for(checkpoint.trainer_name)
+
+
 def export_model(model_folder: str | Path, fold: int | str, fmt: str, out: str | Path, *,
                  checkpoint_name: str = DEFAULT_CHECKPOINT, overwrite: bool = False, rtol: float = DEFAULT_RTOL,
                  echo: Callable[[str], None] | None = None, trainer: str | type | None = None) -> ExportResult:
@@ -283,6 +300,10 @@ def export_model(model_folder: str | Path, fold: int | str, fmt: str, out: str |
     elif checkpoint.trainer_name != folder.trainer:
         _say(echo, f"note: the checkpoint was written by {checkpoint.trainer_name}, the folder is named after "
                    f"{folder.trainer}; the network is built by {checkpoint.trainer_name} (as nnU-Net's predictor does)")
+    if any(is_adapter_key(k) for k in checkpoint.state_dict):
+        checkpoint, trainer = _merged(folder, checkpoint, trainer)
+        _say(echo, f"LoRA adapters merged into the weights: the export is the plain network "
+                   f"{_trainer_name(trainer)} builds, with no adapter layers")
     network = build_fold_network(folder, checkpoint, trainer)
     result = export_network(network, folder, checkpoint, fmt, out, overwrite=overwrite, rtol=rtol, echo=echo,
                             trainer=trainer)

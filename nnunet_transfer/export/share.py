@@ -12,6 +12,8 @@ What changes in the copy (``DatasetXXX_Name/<StockTrainer>__<Plans>__<Configurat
 
 * every ``fold_*/checkpoint*.pth``: ``trainer_name`` -> the stock trainer; ``init_args`` keeps the arguments of
   ``nnUNetTrainer.__init__`` only, its plans without our keys (top-level keys starting with ``nnunet_transfer``);
+* every checkpoint of a LoRA fold (``nnUNetTrainerAdaptiveFT_LoRA``): its adapters merged into the weights
+  (``W + alpha / rank * B @ A``), the adapter tensors gone, no optimizer state: a plain nnU-Net network;
 * ``plans.json`` without our keys;
 * ``nnunet_transfer_share.json`` (new): where the copy comes from, the trainers, the keys removed with their values,
   each checkpoint's SHA-256 before and after.
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_transfer.core.adapters import is_adapter_key
 from nnunet_transfer.core.io import sha256_file
 from nnunet_transfer.errors import ExportError, ExportRefusedError, TrainerNotFoundError, TransferError
 from nnunet_transfer.export.model_folder import trainer_not_installed
@@ -65,6 +68,7 @@ class SharedModel:
     folds: list[str]
     removed_plans_keys: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # fold_X/name -> {source, shared} sha256
+    adapters_merged: bool = False  # LoRA adapters merged into the weights (the copy has none)
 
 
 @dataclass
@@ -143,6 +147,20 @@ def _stock_checkpoint(ckpt: dict[str, Any], stock: type) -> dict[str, Any]:
     if isinstance(init_args.get("plans"), dict):
         init_args["plans"] = _clean_plans(init_args["plans"])[0]
     return {**ckpt, "trainer_name": stock.__name__, "init_args": {k: init_args[k] for k in params if k in init_args}}
+
+
+def _merged_checkpoint(ckpt: dict[str, Any], folder: ModelFolder, where: Path) -> dict[str, Any]:
+    """A LoRA fold's checkpoint with its adapters merged into the weights (the recipe in the folder's plans gives
+    their scale) and without the optimizer state of the adapted network, which fits no plain network."""
+    from nnunet_transfer.core.adapters import merge_lora_weights
+    from nnunet_transfer.core.schedules.recipes import adapters_in_plans
+
+    adapters = adapters_in_plans(folder.plans)
+    if adapters is None:
+        raise ExportError(f"{where}: holds LoRA adapter tensors, but {folder.path / 'plans.json'} names no recipe "
+                          "with adapters (their rank and alpha): cannot merge them; not shared")
+    return {**ckpt, "network_weights": merge_lora_weights(ckpt["network_weights"], adapters),
+            "optimizer_state": None}
 
 
 def _check_network(folder: ModelFolder, plans: dict[str, Any], stock: type, weights: dict[str, Any],
@@ -286,11 +304,16 @@ def _plan(folder: ModelFolder, folds: Sequence[str] | None, builder: str | type 
         if builder is not None:
             raise
         raise trainer_not_installed(e, f"model folder {folder.path}") from None
+    merged = False
     for rel, ckpt in checkpoints.items():
+        if any(is_adapter_key(k) for k in ckpt["network_weights"]):  # LoRA: plain nnU-Net gets the merged weights
+            ckpt = _merged_checkpoint(ckpt, folder, folder.path / rel)
+            merged = True
         _check_network(folder, plans, stock, ckpt["network_weights"], folder.path / rel)
         checkpoints[rel] = _stock_checkpoint(ckpt, stock)
     name = f"{stock.__name__}__{folder.plans_identifier}__{folder.configuration}"
-    model = SharedModel(folder.path, f"{_dataset_dir(folder)}/{name}", trainer, stock.__name__, chosen, removed)
+    model = SharedModel(folder.path, f"{_dataset_dir(folder)}/{name}", trainer, stock.__name__, chosen, removed,
+                        adapters_merged=merged)
     return _Plan(folder, model, stock, plans, files, checkpoints)
 
 
@@ -319,8 +342,11 @@ def _write_tree(plan: _Plan, root: Path, for_zip: bool) -> None:
         "removed_plans_keys": plan.model.removed_plans_keys,
         "checkpoints": plan.model.checkpoints,
         "nnunet_transfer": _version(),
+        "adapters_merged": plan.model.adapters_merged,
         "note": "trainer_name and init_args of every checkpoint and plans.json were made nnU-Net's own; the network "
-                "weights are unchanged. Our reports, LR tables and recipes stay as documentation.",
+                + ("weights are the fold's with its LoRA adapters merged in (no optimizer state). "
+                   if plan.model.adapters_merged else "weights are unchanged. ")
+                + "Our reports, LR tables and recipes stay as documentation.",
     }
     (dest / SHARE_RECORD).write_text(json.dumps(record, indent=2, default=str))
 

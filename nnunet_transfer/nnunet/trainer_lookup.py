@@ -26,6 +26,8 @@ OUR_TRAINERS: dict[str, str] = {
     "nnUNetTrainerAdaptiveFT_100epochs": "default_100epochs",
     "nnUNetTrainerAdaptiveFT_nnsslResEnc": "nnssl_resenc",
     "nnUNetTrainerAdaptiveFT_nnsslPrimus": "nnssl_primus",
+    "nnUNetTrainerAdaptiveFT_LoRA": "lora",
+    "nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA": "nnssl_primus_lora",
 }
 
 

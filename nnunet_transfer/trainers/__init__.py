@@ -6,7 +6,9 @@ from nnunet_transfer.trainers.variants import (
     nnUNetTrainerAdaptiveFT_250epochs,
     nnUNetTrainerAdaptiveFT_DecoderOnly,
     nnUNetTrainerAdaptiveFT_Full,
+    nnUNetTrainerAdaptiveFT_LoRA,
     nnUNetTrainerAdaptiveFT_nnsslPrimus,
+    nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA,
     nnUNetTrainerAdaptiveFT_nnsslResEnc,
 )
 
@@ -16,6 +18,8 @@ __all__ = [
     "nnUNetTrainerAdaptiveFT_250epochs",
     "nnUNetTrainerAdaptiveFT_DecoderOnly",
     "nnUNetTrainerAdaptiveFT_Full",
+    "nnUNetTrainerAdaptiveFT_LoRA",
     "nnUNetTrainerAdaptiveFT_nnsslPrimus",
+    "nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA",
     "nnUNetTrainerAdaptiveFT_nnsslResEnc",
 ]

@@ -2,12 +2,14 @@
 
 A trainer of this package installs :func:`install` when it is built. The hook only changes how an *uncaught*
 :class:`~nnunet_transfer.errors.TransferError` is shown when the process ends (``RecipeError: <message>`` on stderr;
-exit status 1, Python's for an uncaught exception); any other exception keeps the hook that was there before, and code
-that catches our errors (a test, a notebook) gets them as ever.
+exit status 1, Python's for an uncaught exception, or the error's ``process_exit_status`` where it has one: 2 for a
+missing optional extra, raised before anything is written); any other exception keeps the hook that was there before,
+and code that catches our errors (a test, a notebook) gets them as ever.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from types import TracebackType
 
@@ -20,6 +22,10 @@ def _one_line(previous):
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if issubclass(exc_type, TransferError):
             print(f"{exc_type.__name__}: {exc}", file=sys.stderr, flush=True)
+            status = getattr(exc, "process_exit_status", None)  # an error that must end the process with its status
+            if status is not None:
+                sys.stdout.flush()
+                os._exit(status)
         else:
             previous(exc_type, exc, tb)
 

@@ -35,7 +35,18 @@ import torch
 import yaml
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_transfer.core.adapters import (
+    ADAPTER_FOLDER,
+    BASE_RECORD,
+    fold_metadata,
+    from_base,
+    has_adapters,
+    inject_adapters,
+    require_peft,
+    save_adapters,
+)
 from nnunet_transfer.core.background import LatestJobWorker
+from nnunet_transfer.core.io import read_json_object, sha256_file, write_json_atomic
 from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
 from nnunet_transfer.core.loading.report import LoadReport
 from nnunet_transfer.core.schedules.engine import FineTuneEngine
@@ -45,7 +56,9 @@ from nnunet_transfer.core.schedules.plot import SchedulePanel
 from nnunet_transfer.core.schedules.recipes import (
     NNUNET_DEFAULT_EPOCHS,
     RECIPE_ENV_VAR,
+    RECIPE_PLANS_KEY,
     Recipe,
+    adapters_in_plans,
     load_recipe,
     scaled_to_run,
 )
@@ -61,7 +74,6 @@ __all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "RECIPE_PLANS_KEY", "REPORT_FILE", "n
 REPORT_FILE = "pretrained_load_report.json"
 RECIPE_FILE = "adaptive_ft_recipe.yaml"
 LR_TABLE_FILE = "lr_table.json"
-RECIPE_PLANS_KEY = "nnunet_transfer_recipe"
 
 
 def _pretrained_weights_flag() -> bool:
@@ -83,6 +95,7 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         continue_training = bool(plans.get("continue_training", False))
         _user_errors.install()  # our errors under nnUNetv2_train: one line, no traceback
+        self._refuse_adapters_without_peft(plans)  # before nnU-Net creates the fold folder
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._on_cpu_ddp = _cpu_ddp.applies(self, device)  # nnU-Net assumes CUDA under DDP: see trainers/_cpu_ddp.py
         if self._on_cpu_ddp:
@@ -107,9 +120,15 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
     def build_network_architecture(plans_manager: Any, configuration_manager: Any, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         """nnU-Net's network for the plans; a network class without deep supervision (Primus) is built without it,
-        so that the plans alone build it (also for ``nnUNetv2_predict``)."""
-        return build_from_plans(configuration_manager, num_input_channels, num_output_channels,
-                                enable_deep_supervision)
+        so that the plans alone build it (also for ``nnUNetv2_predict``). A recipe with ``adapters`` in the plans
+        (``plans[RECIPE_PLANS_KEY]``) gets its LoRA layers, so that ``nnUNetv2_predict`` loads the fold's unmerged
+        weights as they are."""
+        network = build_from_plans(configuration_manager, num_input_channels, num_output_channels,
+                                   enable_deep_supervision)
+        adapters = adapters_in_plans(plans_manager.plans)
+        if adapters is not None:
+            inject_adapters(network, adapters, plans_manager.plans[RECIPE_PLANS_KEY].get("groups"))
+        return network
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """nnU-Net's, for networks that have a decoder with deep supervision (Primus has none)."""
@@ -117,6 +136,18 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
             super().set_deep_supervision_enabled(enabled)
 
     # --- recipe -----------------------------------------------------------------------------------------------
+    def _refuse_adapters_without_peft(self, plans: dict) -> None:
+        """A recipe with adapters (the plans', else the one this class or NNUNET_TRANSFER_RECIPE names) without
+        peft installed: PeftMissingError (one line, exit 2 under nnUNetv2_train), before anything is written."""
+        try:
+            adapters = adapters_in_plans(plans)
+            if adapters is None and not plans.get(RECIPE_PLANS_KEY):
+                adapters = load_recipe(os.environ.get(RECIPE_ENV_VAR) or self.recipe).adapters
+        except RecipeError:
+            return  # the recipe's own error comes with more context later
+        if adapters is not None:
+            require_peft(f"{type(self).__name__}: the recipe's LoRA adapters")
+
     def _resolve_recipe(self, continue_training: bool) -> Recipe:
         stored = Path(self.output_folder) / RECIPE_FILE if self.output_folder else None
         if continue_training and stored is not None and stored.is_file():
@@ -175,6 +206,9 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
         report.attach_groups(self.param_groups)
         self._log_report(report)
         self.pretrained_report = report
+        if self.local_rank == 0 and has_adapters(self.network):  # the base the fold's adapters apply to
+            write_json_atomic(Path(self.output_folder) / BASE_RECORD,
+                              {"checkpoint": checkpoint, "sha256": sha256_file(checkpoint)})
         return report
 
     def _log_report(self, report: LoadReport) -> None:
@@ -328,8 +362,25 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
         self._release_stop_signals()
         try:
             super().on_train_end()
+            self._write_adapters()
         finally:
             self._graceful.uninstall()
+
+    def _write_adapters(self) -> None:
+        """A LoRA run's final adapters in peft's format in ``fold_F/adapters`` (``nnunet-transfer adapters
+        extract`` writes the same from ``checkpoint_final.pth``)."""
+        fold = Path(self.output_folder)
+        if self.local_rank != 0 or self.ft_recipe.adapters is None or not has_adapters(self.network):
+            return
+        base = fold / BASE_RECORD
+        report = fold / REPORT_FILE
+        state = unwrap_network(self.network).state_dict()
+        keys = from_base(state, read_json_object(report) if report.is_file() else None)
+        metadata = fold_metadata(self.plans_manager.plans, self.configuration_name, str(self.fold),
+                                 self.dataset_json, type(self).__name__, self.current_epoch,
+                                 list(self.inference_allowed_mirroring_axes or []) or None,
+                                 read_json_object(base) if base.is_file() else None, keys)
+        save_adapters(fold / ADAPTER_FOLDER, state, self.ft_recipe.adapters, keys, metadata)
 
     # --- nnU-Net hooks ----------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:

@@ -10,7 +10,9 @@ __all__ = [
     "nnUNetTrainerAdaptiveFT_250epochs",
     "nnUNetTrainerAdaptiveFT_DecoderOnly",
     "nnUNetTrainerAdaptiveFT_Full",
+    "nnUNetTrainerAdaptiveFT_LoRA",
     "nnUNetTrainerAdaptiveFT_nnsslPrimus",
+    "nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA",
     "nnUNetTrainerAdaptiveFT_nnsslResEnc",
 ]
 
@@ -49,3 +51,15 @@ class nnUNetTrainerAdaptiveFT_nnsslPrimus(nnUNetTrainerAdaptiveFT):
     """An nnssl Primus checkpoint: AdamW (0.9, 0.98), gradient clipping, whole-network warmup, then progressive."""
 
     recipe = "nnssl_primus"
+
+
+class nnUNetTrainerAdaptiveFT_LoRA(nnUNetTrainerAdaptiveFT):
+    """LoRA adapters on the encoder (its pretrained weights fixed), decoder and heads fully trained (peft extra)."""
+
+    recipe = "lora"
+
+
+class nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA(nnUNetTrainerAdaptiveFT):
+    """An nnssl Primus checkpoint with LoRA adapters on the transformer (peft extra); AdamW, clipping, warmup."""
+
+    recipe = "nnssl_primus_lora"

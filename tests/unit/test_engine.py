@@ -169,7 +169,9 @@ def test_default_recipe_on_a_primus_network_is_one_line_naming_the_trainer_that_
     assert message.startswith("nnUNetTrainerAdaptiveFT: recipe default (<shipped recipe default>) does not fit this "
                               "Primus network: phases[0].unfreeze: 'decoder.*' matches no parameter group")
     assert message.endswith("trainers whose recipe fits it: nnUNetTrainerAdaptiveFT_nnsslPrimus (recipe nnssl_primus), "
-                            "nnUNetTrainerAdaptiveFT_Full (recipe full_ft) (-tr NAME, or NNUNET_TRANSFER_RECIPE=RECIPE)")
+                            "nnUNetTrainerAdaptiveFT_Full (recipe full_ft), nnUNetTrainerAdaptiveFT_LoRA (recipe lora), "
+                            "nnUNetTrainerAdaptiveFT_nnsslPrimusLoRA (recipe nnssl_primus_lora) (-tr NAME, or "
+                            "NNUNET_TRANSFER_RECIPE=RECIPE)")
     assert not trainer.was_initialized and trainer.current_epoch == 0
 
 

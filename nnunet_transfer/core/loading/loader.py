@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from nnunet_transfer.core.adapters import is_adapter_key, plain_key
 from nnunet_transfer.core.architectures import SEG_LAYERS_HEAD_PATTERN, architecture_for
 from nnunet_transfer.core.loading.adapt import (
     adapt_conv_kernel,
@@ -70,16 +71,20 @@ class _Target:
 
 
 def _target_tensors(mod: nn.Module) -> list[_Target]:
-    """Each distinct tensor of the state dict once, with all its names (first = canonical, in registration order)."""
+    """Each distinct tensor of the state dict once, with all its names (first = canonical, in registration order).
+    A layer wrapped by LoRA (``x.base_layer.weight``) is also known by its plain name (``x.weight``), the one a
+    checkpoint of the plain network has."""
     modules = dict(mod.named_modules(remove_duplicate=False))
     groups: dict[int, _Target] = {}
     for name, t in mod.state_dict(keep_vars=True).items():
         g = groups.get(id(t))
         if g is None:
             owner = modules.get(name.rpartition(".")[0])
-            groups[id(t)] = _Target([name], t, owner)
+            groups[id(t)] = g = _Target([name], t, owner)
         else:
             g.names.append(name)
+        if (plain := plain_key(name)) != name and plain not in g.names:
+            g.names.append(plain)
     return list(groups.values())
 
 
@@ -231,6 +236,12 @@ def plan_load(
     for t in targets:
         tgt = t.tensor
         is_head = any(ctx.head_re.fullmatch(n) for n in t.names)
+        if is_adapter_key(t.names[0]):  # LoRA: new, starts as a no-op; not part of the pretrained coverage
+            records.append(TensorRecord(t.names[0], "new", ReasonCode.ADAPTER.value,
+                                        "LoRA adapter: new (zero update at first)", None, None, _shape(tgt),
+                                        tgt.numel(), isinstance(tgt, nn.Parameter), False, t.names[1:],
+                                        in_coverage=False))
+            continue
         hits = [n for n in t.names if n in by_name]
         for n in hits:
             used.add(by_name[n])

@@ -32,6 +32,7 @@ pretraining_decoder        skipped   nnssl: decoder/head of the pretraining netw
                                      transferred (fresh); ``missing`` when the checkpoint has no such tensor
 new_stage                  missing   nnssl: the target's encoder has more stages than the checkpoint's (fresh)
 new_block                  missing   nnssl: the target's stage has more blocks than the checkpoint's (fresh)
+adapter                    new       a LoRA adapter tensor of the target (not pretrained; never in the coverage)
 =========================  ========  =========================================================================
 
 ``code`` is one string. An adapted tensor that went through two adaptations joins their codes with ``+`` in the
@@ -55,7 +56,7 @@ from nnunet_transfer.core.io import write_json_atomic
 
 __all__ = ["REASON_TEXT", "GroupRecord", "LabelMatch", "LoadReport", "ReasonCode", "Status", "TensorRecord"]
 
-Status = Literal["loaded", "adapted", "skipped", "missing"]
+Status = Literal["loaded", "adapted", "skipped", "missing", "new"]
 
 
 class ReasonCode(str, Enum):
@@ -86,6 +87,7 @@ class ReasonCode(str, Enum):
     PRETRAINING_DECODER = "pretraining_decoder"
     NEW_STAGE = "new_stage"
     NEW_BLOCK = "new_block"
+    ADAPTER = "adapter"
 
     def __str__(self) -> str:
         return self.value
@@ -118,6 +120,7 @@ REASON_TEXT: dict[str, str] = {
     "pretraining_decoder": "pretraining decoder/head, not transferred",
     "new_stage": "encoder stage the checkpoint does not have",
     "new_block": "encoder block the checkpoint does not have",
+    "adapter": "LoRA adapter, new",
 }
 
 
@@ -197,7 +200,8 @@ class LoadReport:
         record_of = {k: r for r in self.tensors for k in (r.key, *r.aliases)}
         self.groups = []
         for g in groups:
-            records = {id(rec): rec for n in g.names if (rec := record_of.get(n)) is not None}.values()
+            names = (*g.names, *getattr(g, "fixed_names", ()))  # a LoRA group's fixed pretrained weights too
+            records = {id(rec): rec for n in names if (rec := record_of.get(n)) is not None}.values()
             self.groups.append(GroupRecord(
                 g.name, len(records), sum(r.numel for r in records),
                 sum(r.numel for r in records if r.status in ("loaded", "adapted"))))
@@ -218,7 +222,7 @@ class LoadReport:
     def counts(self) -> dict[str, int]:
         c = dict.fromkeys(("loaded", "adapted", "skipped", "missing"), 0)
         for r in self.tensors:
-            c[r.status] += 1
+            c[r.status] = c.get(r.status, 0) + 1  # "new" (adapters) only where there are some
         return c
 
     def main_reasons(self, n: int = 3) -> list[str]:
@@ -248,6 +252,7 @@ class LoadReport:
             f"pretrained load from {self.checkpoint}: coverage {self.coverage:.3f} ({verdict}); "
             f"{c['loaded']} loaded, {c['adapted']} adapted, {c['skipped']} skipped, {c['missing']} missing, "
             f"{len(self.unused_source_keys)} unused source keys"
+            + (f"; {c['new']} new adapter tensors" if c.get("new") else "")
         )
 
     def table(self) -> str:

@@ -19,6 +19,11 @@ Built from a network, a recipe, the number of epochs, the base rate and the defa
 The caller keeps the loop and its hooks (nnU-Net's ``on_train_epoch_start`` for the trainer, ``FineTuning.start_epoch``
 for a plain loop), the logging and any DDP wrapper; the engine only ever touches the unwrapped module.
 
+A recipe with ``adapters`` (LoRA on a network that :func:`~nnunet_transfer.core.adapters.inject_adapters` prepared)
+keeps the adapter tensors in the groups of the layers they adapt and takes the pretrained weights of those groups out
+of training for good (:func:`~nnunet_transfer.core.adapters.split_fixed`): they count in the trainable fraction's
+total, never in the optimizer.
+
 A new kind of trainable thing (adapters such as LoRA) plugs in here, once: put its parameters into the network (so
 that ``named_parameters()`` lists them) and give them a group, by a pattern of the architecture spec or the recipe's
 ``groups``, or by passing ready-made ``groups=``. From then on they are one more parameter group like any other:
@@ -36,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnunet_transfer.core.adapters import split_fixed
 from nnunet_transfer.core.modules import unwrap_network
 from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
 from nnunet_transfer.core.schedules.recipes import Recipe
@@ -76,6 +82,8 @@ class FineTuneEngine:
         self.num_epochs = int(num_epochs)
         self.groups: list[ParameterGroup] = list(groups) if groups is not None else derive_groups(self.module,
                                                                                                      recipe.groups)
+        if recipe.adapters is not None:  # the pretrained weights of the adapted groups leave the groups' params
+            split_fixed(self.module, self.groups, recipe.adapters)
         self.schedule: Schedule = resolve_schedule(recipe, [g.name for g in self.groups], self.num_epochs, base_lr,
                                                    weight_decay)
         self.optimizer: torch.optim.Optimizer = build_optimizer(
@@ -88,7 +96,7 @@ class FineTuneEngine:
         self.trainable: list[str] = []
         self.split_skips = 0  # decoder convolutions computing no gradient for a frozen skip now
         self.records: list[dict[str, Any]] = []
-        self._total = sum(g.numel for g in self.groups)
+        self._total = sum(g.numel + g.fixed_numel for g in self.groups)
         self._fractions: dict[tuple[str, ...], float] = {}
         self._apply(self.schedule.trainable(0), first=True)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -35,15 +35,23 @@ __all__ = ["ParameterGroup", "default_group_patterns", "derive_groups", "select_
 
 @dataclass
 class ParameterGroup:
-    """A named set of parameters (each parameter of the network is in exactly one group)."""
+    """A named set of parameters (each parameter of the network is in exactly one group). ``params`` train under
+    the group's schedule; ``fixed`` never train (the pretrained weights of a group with LoRA adapters, see
+    :func:`nnunet_transfer.core.adapters.split_fixed`)."""
 
     name: str
     names: list[str]
     params: list[nn.Parameter]
+    fixed_names: list[str] = field(default_factory=list)
+    fixed: list[nn.Parameter] = field(default_factory=list)
 
     @property
     def numel(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    @property
+    def fixed_numel(self) -> int:
+        return sum(p.numel() for p in self.fixed)
 
 
 def default_group_patterns(network: nn.Module) -> dict[str, list[str]]:

@@ -23,17 +23,21 @@ from nnunet_transfer.errors import RecipeError
 
 __all__ = [
     "RECIPE_ENV_VAR",
+    "RECIPE_PLANS_KEY",
+    "Adapters",
     "SCALED_SHIPPED",
     "Phase",
     "PretrainedSpec",
     "Progressive",
     "Recipe",
+    "adapters_in_plans",
     "available_recipes",
     "load_recipe",
     "scaled_to_run",
 ]
 
 RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
+RECIPE_PLANS_KEY = "nnunet_transfer_recipe"  # the recipe in force, in the plans (plans.json, checkpoints' init_args)
 NNUNET_DEFAULT_EPOCHS = 1000  # nnUNetTrainer.num_epochs
 #: scaled shipped recipes that are listed (and named by trainer variants); any NAME_<N>epochs of a shipped NAME loads
 SCALED_SHIPPED = ("default_100epochs", "default_250epochs")
@@ -73,6 +77,21 @@ class Progressive(BaseModel):
     order: Literal["deepest_first", "as_listed"] = "deepest_first"
 
 
+class Adapters(BaseModel):
+    """A recipe's ``adapters:`` section: low-rank adapters (LoRA, through Hugging Face ``peft``) on the convolutions
+    and linear layers of the ``targets`` groups, whose pretrained weights then never train; the adapters (and, with
+    ``train_norms``, the groups' norm scales and shifts and biases) train under their group's schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora"] = "lora"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / rank
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=lambda: ["encoder.*"], min_length=1)  # group names or globs
+    train_norms: bool = True
+
+
 class Recipe(BaseModel):
     """A fine-tuning recipe. ``None`` means: keep nnU-Net's default for that setting."""
 
@@ -108,6 +127,7 @@ class Recipe(BaseModel):
     # (core/schedules/skips.py; architectures that declare their skips); false: autograd's own (wasted) work
     split_frozen_skips: bool = True
     pretrained: PretrainedSpec = Field(default_factory=PretrainedSpec)
+    adapters: Adapters | None = None  # LoRA adapters on the targeted groups (needs the peft extra); null: none
     source: str | None = Field(None, exclude=True, description="file the recipe was read from")
 
     @field_validator("adamw_betas")
@@ -219,3 +239,16 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         recipe.pretrained = recipe.pretrained.model_copy(update={"checkpoint": ckpt})
     recipe.source = where
     return recipe
+
+
+def adapters_in_plans(plans: dict) -> Adapters | None:
+    """The ``adapters`` section of the recipe a model was trained with (``plans[RECIPE_PLANS_KEY]``), or None.
+    Raises RecipeError when that section is invalid."""
+    recipe = plans.get(RECIPE_PLANS_KEY) if isinstance(plans, dict) else None
+    data = recipe.get("adapters") if isinstance(recipe, dict) else None
+    if data is None:
+        return None
+    try:
+        return Adapters.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_error(f"plans {RECIPE_PLANS_KEY}.adapters", e)) from None
