@@ -17,6 +17,7 @@ from nnunet_transfer._version import __version__
 
 #: module (relative to the package) -> the public names it defines, in the order they are documented
 _PUBLIC: dict[str, tuple[str, ...]] = {
+    "core.adapters": ("inject_adapters", "merge_adapters", "merge_lora_weights", "has_adapters"),
     "core.architectures": ("ArchitectureSpec", "architecture_for", "list_architectures", "register_architecture",
                            "unregister_architecture"),
     "core.loading.checkpoint": ("SourceCheckpoint", "read_checkpoint"),
@@ -25,17 +26,19 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "core.loading.report": ("LoadReport", "ReasonCode", "TensorRecord"),
     "core.schedules.engine": ("FineTuneEngine",),
     "core.schedules.groups": ("ParameterGroup", "derive_groups"),
-    "core.schedules.recipes": ("Recipe", "load_recipe"),
+    "core.schedules.recipes": ("Adapters", "Recipe", "load_recipe"),
+    "core.primus": ("PrimusHWD",),
     "core.schedules.schedule": ("PerGroupLRScheduler", "Schedule", "build_optimizer", "resolve_schedule"),
-    "errors": ("ArchitectureError", "CheckpointError", "LoadGuardError", "MissingTrainerWarning",
-               "NonFiniteWeightsError", "PlansError", "RecipeError", "TrainerNotFoundError", "TrainingStateError",
-               "TransferError", "UnsafeCheckpointError"),
+    "errors": ("AdapterError", "ArchitectureError", "CheckpointError", "LoadGuardError", "MissingTrainerWarning",
+               "NonFiniteWeightsError", "PeftMissingError", "PlansError", "RecipeError", "TrainerNotFoundError",
+               "TrainingStateError", "TransferError", "UnsafeCheckpointError"),
     "nnunet.datasets": ("find_target_dataset",),
-    "nnunet.networks": ("build_network",),
+    "nnunet.networks": ("build_network", "trainer_recipe"),
     "nnunet.plans": ("PlansTransfer", "check_transfer", "preprocess_transfer", "read_source_plans", "transfer_plans",
                      "write_plans"),
     "encoders": ("EncoderClassifier", "FineTuning", "load_encoder", "preprocess_image"),
     "export": ("export_model",),
+    "export.adapters": ("apply_adapters", "extract_adapters"),
 }
 
 _WHERE: dict[str, str] = {name: module for module, names in _PUBLIC.items() for name in names}
@@ -43,6 +46,12 @@ _WHERE: dict[str, str] = {name: module for module, names in _PUBLIC.items() for 
 __all__ = ["__version__", *_WHERE]
 
 if TYPE_CHECKING:  # written by scripts/public_api.py from _PUBLIC: do not edit by hand
+    from nnunet_transfer.core.adapters import (
+        has_adapters as has_adapters,
+        inject_adapters as inject_adapters,
+        merge_adapters as merge_adapters,
+        merge_lora_weights as merge_lora_weights,
+    )
     from nnunet_transfer.core.architectures import (
         ArchitectureSpec as ArchitectureSpec,
         architecture_for as architecture_for,
@@ -67,6 +76,9 @@ if TYPE_CHECKING:  # written by scripts/public_api.py from _PUBLIC: do not edit 
         ReasonCode as ReasonCode,
         TensorRecord as TensorRecord,
     )
+    from nnunet_transfer.core.primus import (
+        PrimusHWD as PrimusHWD,
+    )
     from nnunet_transfer.core.schedules.engine import (
         FineTuneEngine as FineTuneEngine,
     )
@@ -75,6 +87,7 @@ if TYPE_CHECKING:  # written by scripts/public_api.py from _PUBLIC: do not edit 
         derive_groups as derive_groups,
     )
     from nnunet_transfer.core.schedules.recipes import (
+        Adapters as Adapters,
         Recipe as Recipe,
         load_recipe as load_recipe,
     )
@@ -91,11 +104,13 @@ if TYPE_CHECKING:  # written by scripts/public_api.py from _PUBLIC: do not edit 
         preprocess_image as preprocess_image,
     )
     from nnunet_transfer.errors import (
+        AdapterError as AdapterError,
         ArchitectureError as ArchitectureError,
         CheckpointError as CheckpointError,
         LoadGuardError as LoadGuardError,
         MissingTrainerWarning as MissingTrainerWarning,
         NonFiniteWeightsError as NonFiniteWeightsError,
+        PeftMissingError as PeftMissingError,
         PlansError as PlansError,
         RecipeError as RecipeError,
         TrainerNotFoundError as TrainerNotFoundError,
@@ -106,11 +121,16 @@ if TYPE_CHECKING:  # written by scripts/public_api.py from _PUBLIC: do not edit 
     from nnunet_transfer.export import (
         export_model as export_model,
     )
+    from nnunet_transfer.export.adapters import (
+        apply_adapters as apply_adapters,
+        extract_adapters as extract_adapters,
+    )
     from nnunet_transfer.nnunet.datasets import (
         find_target_dataset as find_target_dataset,
     )
     from nnunet_transfer.nnunet.networks import (
         build_network as build_network,
+        trainer_recipe as trainer_recipe,
     )
     from nnunet_transfer.nnunet.plans import (
         PlansTransfer as PlansTransfer,
