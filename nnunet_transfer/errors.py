@@ -23,6 +23,7 @@ __all__ = [
     "RecipeError",
     "ReportError",
     "SlurmError",
+    "SplitsError",
     "TrainerNotFoundError",
     "TrainingStateError",
     "TransferError",
@@ -126,3 +127,8 @@ class PretrainedSeamWarning(UserWarning):
 class MissingTrainerWarning(UserWarning):
     """A checkpoint's trainer class is not installed: its network was built by nnU-Net's own ``nnUNetTrainer``, which
     the tensor-by-tensor check can confirm only for the parameters (not activations or other parameter-free parts)."""
+
+
+class SplitsError(TransferError):
+    """Label-fraction folds cannot be written: a fraction leaves no case or drops a label, or ``splits_final.json``
+    or its sidecar is unreadable."""

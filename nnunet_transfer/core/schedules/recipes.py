@@ -13,7 +13,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,6 +23,7 @@ from nnunet_transfer.errors import RecipeError
 
 __all__ = [
     "RECIPE_ENV_VAR",
+    "RECIPE_PLANS_KEY",
     "SCALED_SHIPPED",
     "Phase",
     "PretrainedSpec",
@@ -30,10 +31,14 @@ __all__ = [
     "Recipe",
     "available_recipes",
     "load_recipe",
+    "recipe_from_plans",
     "scaled_to_run",
 ]
 
 RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
+#: the key of an nnU-Net plans dict that holds a recipe: the trainer writes the recipe in force there (the results'
+#: plans.json, every checkpoint's init_args); a study arm's plans file carries its recipe there
+RECIPE_PLANS_KEY = "nnunet_transfer_recipe"
 NNUNET_DEFAULT_EPOCHS = 1000  # nnUNetTrainer.num_epochs
 #: scaled shipped recipes that are listed (and named by trainer variants); any NAME_<N>epochs of a shipped NAME loads
 SCALED_SHIPPED = ("default_100epochs", "default_250epochs")
@@ -217,5 +222,23 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         if not os.path.isabs(ckpt):
             ckpt = str((path.parent / ckpt).resolve())
         recipe.pretrained = recipe.pretrained.model_copy(update={"checkpoint": ckpt})
+    recipe.source = where
+    return recipe
+
+
+def recipe_from_plans(value: Any, where: str) -> Recipe:
+    """The recipe a plans dict holds under :data:`RECIPE_PLANS_KEY`: a whole recipe (a mapping, as the trainer writes
+    it) or a shipped name or YAML path. RecipeError naming ``where`` when it is neither or does not validate."""
+    if isinstance(value, str):
+        return load_recipe(value)
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: expected a recipe (a mapping, or a shipped name or YAML path), got "
+                          f"{type(value).__name__}")
+    try:
+        recipe = Recipe.model_validate(value)
+    except ValidationError as e:
+        raise RecipeError(_format_error(where, e)) from None
+    except ValueError as e:
+        raise RecipeError(f"{where}: invalid recipe: {e}") from None
     recipe.source = where
     return recipe
