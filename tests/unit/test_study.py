@@ -89,17 +89,41 @@ def test_bad_study_files_name_the_field(tmp_path, roots, changes, fragments):
         assert f in str(e.value)
 
 
-def test_cli_bad_fraction_exits_2_creates_nothing_and_leaves_the_splits(tmp_path, roots):
+@pytest.mark.parametrize("changes, fragments", [
+    ({"fractions": [0.05]}, ["fractions[0]", "is no case"]),
+    ({"fractions": [0]}, ["fractions[0]", "greater than 0"]),
+    ({"fractions": [1.2]}, ["fractions[0]", "less than or equal to 1"]),
+    ({"arms": [*ARMS, ARMS[0]]}, ["arms[3].name", "used twice"]),
+    ({"arms": [ARMS[0], {"name": "bad", "recipe": "missing.yaml"}]}, ["arms[1].recipe", "missing.yaml"]),
+])
+def test_cli_bad_study_exits_2_creates_nothing_and_leaves_the_splits(tmp_path, roots, changes, fragments):
     folder = Path(roots["nnUNet_preprocessed"]) / ALPHA
     folder.mkdir()
     splits = folder / "splits_final.json"
     splits.write_text(json.dumps([{"train": [f"alpha_{i:03d}" for i in range(1, 10)], "val": ["alpha_000"]}]))
-    path = write_campaign(tmp_path / "c.yaml", study(fractions=[0.05], folds=[0]))
+    path = write_campaign(tmp_path / "c.yaml", study(folds=[0], **changes))
     before = tree_snapshot(tmp_path)
-    proc = cli("campaign", "run", path, env={**roots, "PATH": "/usr/bin"})
-    assert_clean_error(proc, 2, "fractions[0]", "is no case")
-    assert len(proc.stderr.strip().splitlines()) == 1
+    for action in ("run", "status"):
+        proc = cli("campaign", action, path, env={**roots, "PATH": "/usr/bin"})
+        assert_clean_error(proc, 2, *fragments)
+        assert len(proc.stderr.strip().splitlines()) == 1
     assert tree_snapshot(tmp_path) == before
+
+
+def test_shipped_study_follows_the_schema():
+    from importlib import resources
+
+    import yaml
+
+    from nnunet_transfer.campaigns.spec import CampaignSpec
+
+    text = (resources.files("nnunet_transfer") / "configs" / "campaigns" / "study.yaml").read_text()
+    spec = CampaignSpec.model_validate(yaml.safe_load(text))
+    assert [(a.name, a.trainer, a.recipe) for a in spec.arms] == [
+        ("scratch", "nnUNetTrainer", None), ("default", "nnUNetTrainerAdaptiveFT", None),
+        ("full_ft", "nnUNetTrainerAdaptiveFT", "full_ft")]
+    assert spec.arms[0].pretrained == "none" and "pretrained" not in spec.arms[1].model_fields_set
+    assert spec.fractions == (0.1, 0.25, 0.5, 1.0) and spec.folds == (0, 1, 2, 3, 4) and spec.reference == "scratch"
 
 
 # --- the splits -----------------------------------------------------------------------------------------------------
@@ -226,3 +250,59 @@ def test_statistics_edge_cases():
     assert label_efficiency([("0.1", 0.5), ("0.5", 0.81), ("1", 0.9)], 0.8) == "0.5"
     assert label_efficiency([("0.1", math.nan), ("1", 0.7)], 0.8) is None
     assert label_efficiency([("1", 0.7)], math.nan) is None
+
+
+def _summary(fold_dir: Path, cases: dict[str, tuple[float, float]]) -> None:
+    """A validation/summary.json as nnU-Net writes it (labels 1 and 2; NaN where nnU-Net writes NaN)."""
+    per_case = [{"reference_file": f"/gt/{c}.nii.gz", "prediction_file": f"/pred/{c}.nii.gz",
+                 "metrics": {"1": {"Dice": d1}, "2": {"Dice": d2}}} for c, (d1, d2) in cases.items()]
+    m1 = float(np.nanmean([v[0] for v in cases.values()]))
+    m2 = float(np.nanmean([v[1] for v in cases.values()]))
+    (fold_dir / "validation").mkdir(parents=True)
+    (fold_dir / "validation" / "summary.json").write_text(json.dumps({
+        "foreground_mean": {"Dice": (m1 + m2) / 2}, "mean": {"1": {"Dice": m1}, "2": {"Dice": m2}},
+        "metric_per_case": per_case}))
+    (fold_dir.parent / "dataset.json").write_text(json.dumps(
+        {"labels": {"background": 0, "organ": 1, "lesion": 2}, "file_ending": ".nii.gz"}))
+
+
+def test_study_report_from_hand_made_summaries(tmp_path):
+    import csv
+    from dataclasses import dataclass as dc
+
+    from nnunet_transfer.campaigns.report import StudyOptions, write_report
+    from nnunet_transfer.campaigns.tasks import FoldPoint
+
+    @dc
+    class T:
+        dataset: str
+        configuration: str
+        arm: str
+        fold: int
+        fold_dir: Path
+        point: FoldPoint
+
+    tasks = []
+    numbers = {  # arm, base fold -> case -> (organ, lesion); a case missing in one arm, a NaN, a single fold at 0.5
+        ("scratch", 0): {"a": (0.5, 0.4), "b": (0.6, math.nan), "c": (0.7, 0.2)},
+        ("ft", 0): {"a": (0.8, 0.5), "b": (0.6, 0.3)},
+    }
+    for (arm, base), cases in numbers.items():
+        for point in (FoldPoint(base, base, 1.0, 8, "1"), FoldPoint(base, 5, 0.5, 4, "0.5")):
+            fold_dir = tmp_path / "results" / arm / f"fold_{point.fold}"
+            _summary(fold_dir, cases)
+            tasks.append(T("Dataset1_X", "3d_fullres", arm, point.fold, fold_dir, point))
+    result = write_report(tasks, tmp_path / "report", StudyOptions("scratch", seed=0))
+    names = {p.name for p in result.files}
+    assert {"cases.csv", "comparisons.csv", "learning_curve.png", "report.md", "report.csv"} <= names
+    rows = list(csv.DictReader((tmp_path / "report" / "cases.csv").read_text().splitlines()))
+    assert len(rows) == 2 * 2 * (3 + 2)
+    assert {r["dice"] for r in rows if r["case"] == "b" and r["arm"] == "scratch" and r["label"] == "lesion"} == {"NaN"}
+    comp = {(r["point"], r["label"]): r for r in csv.DictReader((tmp_path / "report" / "comparisons.csv").read_text().splitlines())}
+    organ = comp[("1", "organ")]  # pairs a, b (c only in scratch): differences 0.3, 0.0
+    assert (int(organ["n_cases"]), int(organ["cases_won"]), int(organ["folds_won"]), int(organ["n_folds"])) == (2, 1, 1, 1)
+    assert float(organ["mean_diff"]) == pytest.approx(0.15)
+    lesion = comp[("0.5", "lesion")]  # b is NaN in scratch: one pair (a)
+    assert int(lesion["n_cases"]) == 1 and float(lesion["mean_diff"]) == pytest.approx(0.1)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "ft @ 0.5" in md and "Label efficiency" in md and "| ft | 0.5 (4 cases) |" in md
