@@ -210,12 +210,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         path = None
     data = parse_yaml_mapping(text, where, "a recipe", RecipeError)
     data.setdefault("name", Path(text_name).stem)
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as e:
-        raise RecipeError(_format_error(where, e)) from None
-    except ValueError as e:
-        raise RecipeError(f"{where}: invalid recipe: {e}") from None
+    recipe = _validated(data, where)
     ckpt = recipe.pretrained.checkpoint
     if ckpt and path is not None:
         ckpt = os.path.expandvars(os.path.expanduser(ckpt))
@@ -234,11 +229,16 @@ def recipe_from_plans(value: Any, where: str) -> Recipe:
     if not isinstance(value, dict):
         raise RecipeError(f"{where}: expected a recipe (a mapping, or a shipped name or YAML path), got "
                           f"{type(value).__name__}")
+    recipe = _validated(value, where)
+    recipe.source = where
+    return recipe
+
+
+def _validated(data: dict[str, Any], where: str) -> Recipe:
+    """``data`` as a Recipe; RecipeError naming ``where`` and the field when it is not one."""
     try:
-        recipe = Recipe.model_validate(value)
+        return Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(_format_error(where, e)) from None
     except ValueError as e:
         raise RecipeError(f"{where}: invalid recipe: {e}") from None
-    recipe.source = where
-    return recipe
