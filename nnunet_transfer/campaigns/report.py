@@ -131,6 +131,7 @@ class StudyOptions:
     reference: str
     seed: int = 0
     budget: str = ""
+    tests: tuple[Any, ...] = ()  # the campaign's test tasks (held-out test set)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def write_report(tasks: Sequence[ReportTask], out_dir: Path, study: StudyOptions
     if study is not None:
         from nnunet_transfer.campaigns.study_report import write_study
 
-        extra, lines = write_study(study_tasks, out_dir, study.reference, study.seed, study.budget)  # type: ignore
+        extra, lines = write_study(study_tasks, out_dir, study.reference, study.seed, study.budget,  # type: ignore
+                                   study.tests)
         markdown += "\n" + "\n".join(lines) + "\n"
     files = (
         write_text_atomic(out_dir / "report.csv", _csv_text(groups)),

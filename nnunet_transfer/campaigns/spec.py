@@ -290,6 +290,7 @@ class CampaignSpec(BaseModel):
     fractions: Annotated[tuple[Fraction, ...], Field(min_length=1)] | None = None
     train_cases: Annotated[tuple[Annotated[StrictInt, Field(ge=1)], ...], Field(min_length=1)] | None = None
     seed: StrictInt = 0  # draws the label-fraction subsets
+    test: bool = False  # predict and score each target's imagesTs/labelsTs with every arm's fold ensemble
     find_best: FindBestSpec | None = None
     executor: Annotated[ExecutorSpec, WrapValidator(_executor_section)] = Field(default_factory=_local_executor)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -584,7 +585,14 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
         find_best = (spec.find_best.arms, spec.find_best.ensembling)
     check_as = None if check_recipe is None else str(check_recipe)
     check_arm = next((a for a in arms if a.pretrained is not None), None)
-    graph = build_graph(targets, arms, check_as, roots.results, find_best, check_arm)
+    if spec.test:
+        for i, t in enumerate(targets):
+            absent = [d for d in ("imagesTs", "labelsTs") if not (roots.raw / t.dataset / d).is_dir()]
+            if absent:
+                raise check.fail("test", f"{t.dataset} (targets[{i}]) has no {' and no '.join(absent)} in "
+                                         f"{roots.raw / t.dataset}: a held-out test set needs both")
+    graph = build_graph(targets, arms, check_as, roots.results, find_best, check_arm,
+                        roots.raw if spec.test else None)
     return Campaign(path=path, spec=spec, workdir=workdir, pretrained=pretrained, targets=tuple(targets),
                     trainers=trainers, recipes=recipes, check_recipe=check_as, graph=graph, arms=tuple(arms),
                     reference=reference)

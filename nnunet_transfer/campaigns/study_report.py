@@ -176,11 +176,34 @@ def _p(x: float) -> str:
     return "-" if math.isnan(x) else (f"{x:.2g}" if x >= 0.001 else "<0.001")
 
 
+def _test_rows(tests: Sequence[Any]) -> dict[tuple[str, str], list[tuple[str, str, str, float, Path]]]:
+    """(dataset, configuration) -> (arm, point, label, Dice, summary) of each test task's nnUNetv2_evaluate_folder
+    summary (label ``mean``: its foreground_mean)."""
+    out: dict[tuple[str, str], list[tuple[str, str, str, float, Path]]] = {}
+    cache: dict[Path, Any] = {}
+    for t in tests:
+        try:
+            data = json.loads(Path(t.summary).read_text())
+        except (OSError, ValueError):
+            continue
+        model = Path(t.out).parent
+        if model not in cache:
+            cache[model] = _names(model / "dataset.json")
+        names = cache[model][0]
+        point = t.point.point if t.point is not None else "1"
+        rows = out.setdefault((t.dataset, t.configuration), [])
+        rows += [(t.arm, point, names.get(k, k), float(v["Dice"]), Path(t.summary))
+                 for k, v in (data.get("mean") or {}).items()]
+        rows.append((t.arm, point, MEAN, float(data["foreground_mean"]["Dice"]), Path(t.summary)))
+    return out
+
+
 def write_study(tasks: Sequence[StudyTask], out_dir: Path, reference: str, seed: int = 0,
-                budget: str = "") -> tuple[list[Path], list[str]]:
-    """Write ``cases.csv``, ``comparisons.csv`` and ``learning_curve.png`` into ``out_dir``; returns them and the
-    report.md lines of the study (per dataset and configuration: learning curve table, paired comparison, label
-    efficiency)."""
+                budget: str = "", tests: Sequence[Any] = ()) -> tuple[list[Path], list[str]]:
+    """Write ``cases.csv``, ``comparisons.csv`` and ``learning_curve.png`` (and with ``tests``, the test tasks,
+    ``test.csv``) into ``out_dir``; returns them and the report.md lines of the study (per dataset and configuration:
+    learning curve table, held-out test Dice, paired comparison, label efficiency)."""
+    test_rows = _test_rows(tests)
     cache: dict[Path, Any] = {}
     groups: dict[tuple[str, str], _Group] = {}
     for t in tasks:
@@ -220,6 +243,12 @@ def write_study(tasks: Sequence[StudyTask], out_dir: Path, reference: str, seed:
         header = ["arm", *(f"{p} ({_cases(g, p)})" for p in points)]
         rows = [[arm, *(_cell(g.of(arm, p)) for p in points)] for arm in g.arms]
         md += ["Foreground mean Dice (mean ± sd over folds, n folds):", "", *_table(header, rows), ""]
+        tested = {(a, p): v for a, p, label, v, _ in test_rows.get((g.dataset, g.configuration), []) if label == MEAN}
+        if tested:
+            md += ["Held-out test set (imagesTs/labelsTs): foreground mean Dice of each arm's fold ensemble "
+                   "(nnUNetv2_predict, nnUNetv2_evaluate_folder):", "",
+                   *_table(header, [[arm, *(_fmt(tested[(arm, p)]) if (arm, p) in tested else "" for p in points)]
+                                    for arm in g.arms]), ""]
         comparisons = _comparisons(g, reference, seed)
         table = []
         for point, label, arm, a, r, c in comparisons:
@@ -248,6 +277,13 @@ def write_study(tasks: Sequence[StudyTask], out_dir: Path, reference: str, seed:
     files = [write_text_atomic(out_dir / "cases.csv", cases.getvalue()),
              write_text_atomic(out_dir / "comparisons.csv", comp.getvalue()),
              _plot(list(groups.values()), out_dir / "learning_curve.png")]
+    if tests:
+        buf = io.StringIO()
+        tw = csv.writer(buf, lineterminator="\n")
+        tw.writerow(("dataset", "configuration", "arm", "point", "label", "dice", "summary"))
+        for (dataset, conf), rows_ in test_rows.items():
+            tw.writerows([dataset, conf, a, p, label, _number(v), str(path)] for a, p, label, v, path in rows_)
+        files.append(write_text_atomic(out_dir / "test.csv", buf.getvalue()))
     return files, md
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "TaskFailure",
     "TaskGraph",
     "TaskView",
+    "TestTask",
     "TrainTask",
     "build_graph",
     "shown_command",
@@ -635,6 +636,86 @@ class FindBestTask(Task):
         return TaskView(self, "to run", f"over {len(self.train_ids)} folds", cmd)
 
 
+@dataclass(frozen=True)
+class TestTask(Task):
+    """The held-out test set of a target (raw ``imagesTs``/``labelsTs``) predicted by one arm's fold ensemble at one
+    point with the stock ``nnUNetv2_predict``, then scored with the stock ``nnUNetv2_evaluate_folder``. Its output
+    folder sits in the arm's model folder, named after the folds it ensembles (``test_folds_5_6``): a study sharing
+    the arm shares it. Done when its ``summary.json`` is newer than every fold's ``checkpoint_final.pth``."""
+
+    kind: ClassVar[str] = "test"
+    noun: ClassVar[str] = "test"
+
+    id: str  # Dataset902_TwoCh/3d_fullres/full_ft/test@0.25
+    dataset: str
+    dataset_id: int
+    configuration: str
+    arm: Arm
+    trainer: str
+    plans: str
+    folds: tuple[int, ...]  # nnU-Net fold indices of the ensemble
+    train_ids: tuple[str, ...]
+    images: Path  # nnUNet_raw/<dataset>/imagesTs
+    labels: Path  # nnUNet_raw/<dataset>/labelsTs
+    out: Path  # <model folder>/test_folds_<folds>
+    point: FoldPoint | None = None
+
+    @property
+    def label(self) -> str:
+        at = "" if self.point is None else f" at {self.point.point}"
+        return f"{self.dataset} {self.configuration} {self.arm} test set{at} (folds {', '.join(map(str, self.folds))})"
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.train_ids
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+    def predict_command(self, env: Mapping[str, str], device: str) -> list[str]:
+        n = _num_processes(env)
+        return [console_script("nnUNetv2_predict"), "-i", str(self.images), "-o", str(self.out), "-d",
+                str(self.dataset_id), "-c", self.configuration, "-tr", self.trainer, "-p", self.plans, "-f",
+                *map(str, self.folds), "-device", device, *(["-npp", n, "-nps", n] if n else [])]
+
+    def evaluate_command(self, env: Mapping[str, str]) -> list[str]:
+        n = _num_processes(env)
+        return [console_script("nnUNetv2_evaluate_folder"), str(self.labels), str(self.out), "-djfile",
+                str(self.out / "dataset.json"), "-pfile", str(self.out / "plans.json"), *(["-np", n] if n else [])]
+
+    def done(self, graph: TaskGraph) -> bool:
+        if not self.summary.is_file():
+            return False
+        folds = [t.fold_dir / "checkpoint_final.pth" for t in graph.needs(self, TrainTask)]
+        newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
+        return self.summary.stat().st_mtime >= newest
+
+    def run(self, step: Step) -> tuple[Status, str]:
+        if self.done(step.graph):
+            return "skipped", f"already done ({self.summary})"
+        left = [t for t in step.graph.needs(self) if not t.done(step.graph)]
+        if left:
+            return "blocked", f"{len(left)} fold(s) not trained (first: {left[0].id})"
+        env = step.env()
+        for cmd in (self.predict_command(env, step.device), self.evaluate_command(env)):
+            code, output = step.command(cmd, env)
+            if code != 0:
+                raise TaskFailure(f"{Path(cmd[0]).name} exited with status {code}: {_error_line(output)}", cmd, code)
+        if not self.done(step.graph):
+            raise TaskFailure(f"nnUNetv2_evaluate_folder exited 0 but did not write {self.summary}")
+        return "done", f"test set Dice in {self.summary}"
+
+    def view(self, graph: TaskGraph, env: Mapping[str, str], device: str) -> TaskView:
+        if self.done(graph):
+            return TaskView(self, "done", str(self.summary))
+        cmds = (shlex.join(self.predict_command(env, device)), shlex.join(self.evaluate_command(env)))
+        left = [t for t in graph.needs(self) if not t.done(graph)]
+        if left:
+            return TaskView(self, "waiting", f"for {len(left)} fold(s) to finish", cmds)
+        return TaskView(self, "to run", f"{len(self.folds)} folds' ensemble on {self.images}", cmds)
+
+
 # --- the graph ------------------------------------------------------------------------------------------------------
 class TaskGraph:
     """A campaign's tasks in run order, each after the tasks it needs; what each task needs and what needs it.
@@ -691,10 +772,12 @@ class TaskGraph:
 
 
 def build_graph(targets: Sequence[Target], arms: Sequence[ArmDef], check_recipe: str | None, results_root: Path,
-                find_best: tuple[Sequence[Arm], bool] | None = None, check_arm: ArmDef | None = None) -> TaskGraph:
+                find_best: tuple[Sequence[Arm], bool] | None = None, check_arm: ArmDef | None = None,
+                test_root: Path | None = None) -> TaskGraph:
     """The graph of a campaign: per target its prepare task, its train tasks (by configuration, base fold, point, then
     arm in file order) and, with ``find_best`` = ``(arms, ensembling)``, a find-best task over those arms' folds at
-    fraction 1. ``check_arm``: the arm the compatibility check is for (its trainer and checkpoint).
+    fraction 1. ``check_arm``: the arm the compatibility check is for (its trainer and checkpoint). ``test_root``
+    (nnUNet_raw): per configuration, arm and point a test task on the target's imagesTs/labelsTs.
 
     Train ids leave the plans out (``Dataset902_TwoCh/3d_fullres/finetune/fold_0``) unless the dataset is a target
     with other plans too; a fraction fold adds its point (``.../fold_0@0.25``)."""
@@ -739,7 +822,20 @@ def build_graph(targets: Sequence[Target], arms: Sequence[ArmDef], check_recipe:
             if ensembles:
                 ids = {x.id for x in mine}
                 trains = [replace(x, npz=True) if x.id in ids else x for x in trains]
-        tasks += [prepare, *trains, *best]
+        tests: list[Task] = []
+        if test_root is not None:
+            groups: dict[tuple[str, str, str], list[TrainTask]] = {}
+            for x in trains:
+                groups.setdefault((x.configuration, x.arm, x.point.point if x.point else ""), []).append(x)
+            for (conf, arm, point), xs in groups.items():
+                folds = tuple(x.fold for x in xs)
+                tests.append(TestTask(
+                    id=f"{xs[0].id.rsplit('/', 1)[0]}/test" + (f"@{point.replace(' ', '')}" if point else ""),
+                    dataset=t.dataset, dataset_id=t.dataset_id, configuration=conf, arm=arm, trainer=xs[0].trainer,
+                    plans=xs[0].plans, folds=folds, train_ids=tuple(x.id for x in xs),
+                    images=test_root / t.dataset / "imagesTs", labels=test_root / t.dataset / "labelsTs",
+                    out=xs[0].fold_dir.parent / f"test_folds_{'_'.join(map(str, folds))}", point=xs[0].point))
+        tasks += [prepare, *trains, *tests, *best]
     return TaskGraph(tasks)
 
 

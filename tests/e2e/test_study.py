@@ -255,3 +255,33 @@ def test_report_numbers_equal_nnunet_summaries(study):
     md = (out / "report.md").read_text()
     assert "Paired comparison against scratch" in md and "Label efficiency" in md and "Equal budget" in md
     print(f"\nstudy run (both studies, kill, reruns): {study.outputs['seconds']} s")
+
+
+def test_held_out_test_set_is_predicted_by_the_fold_ensemble_and_scored(study):
+    """``test: true``: stock nnUNetv2_predict with the arm's folds of a point, stock nnUNetv2_evaluate_folder, and the
+    report's test Dice equal to the summary nnU-Net wrote. A third study file with one arm and one fraction, sharing
+    the trained folds: only its test task runs."""
+    import shutil
+
+    raw = study.root / "raw" / DS
+    for sub in ("imagesTs", "labelsTs"):
+        (raw / sub).mkdir(exist_ok=True)
+    for i in (0, 1):  # two training cases as the held-out set (the numbers are not the point here)
+        shutil.copy(raw / "imagesTr" / f"study_00{i}_0000.nii.gz", raw / "imagesTs" / f"test_00{i}_0000.nii.gz")
+        shutil.copy(raw / "labelsTr" / f"study_00{i}.nii.gz", raw / "labelsTs" / f"test_00{i}.nii.gz")
+    spec = yaml.safe_load(study.a.read_text())
+    spec.update(name="t", arms=[ARMS[1]], fractions=[0.25], test=True)
+    t = study.root / "t.yaml"
+    t.write_text(yaml.safe_dump(spec))
+    proc = cli("campaign", "run", t, env=study.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test set at 0.25 (folds 5, 6): done" in proc.stdout and "4 done (3 already)" in proc.stdout, proc.stdout
+    summary = study.root / "results" / DS / f"{FT}__nnUNetPlans_default__3d_fullres" / "test_folds_5_6" / "summary.json"
+    log = (study.root / "t.campaign" / "logs" / f"{DS}.3d_fullres.default.test@0.25.log").read_text()
+    assert "nnUNetv2_predict -i" in log and " -f 5 6 " in log and "nnUNetv2_evaluate_folder" in log
+    report = cli("campaign", "report", t, env=study.env)
+    assert report.returncode == 0, report.stderr
+    with open(study.root / "t.campaign" / "report" / "test.csv", newline="") as f:
+        rows = {(r["arm"], r["point"], r["label"]): float(r["dice"]) for r in csv.DictReader(f)}
+    assert rows[("default", "0.25", "mean")] == json.loads(summary.read_text())["foreground_mean"]["Dice"]
+    assert "Held-out test set" in (study.root / "t.campaign" / "report" / "report.md").read_text()

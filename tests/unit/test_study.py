@@ -306,3 +306,26 @@ def test_study_report_from_hand_made_summaries(tmp_path):
     assert int(lesion["n_cases"]) == 1 and float(lesion["mean_diff"]) == pytest.approx(0.1)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "ft @ 0.5" in md and "Label efficiency" in md and "| ft | 0.5 (4 cases) |" in md
+
+
+def test_test_true_adds_one_test_task_per_arm_and_point_after_its_folds(tmp_path, roots):
+    with pytest.raises(CampaignError, match=r"test: Dataset911_Alpha \(targets\[0\]\) has no imagesTs and no labelsTs"):
+        load(tmp_path, test=True)
+    raw = Path(roots["nnUNet_raw"]) / ALPHA
+    (raw / "imagesTs").mkdir()
+    (raw / "labelsTs").mkdir()
+    from nnunet_transfer.campaigns.tasks import TestTask
+
+    c = load(tmp_path, test=True)
+    tests = c.graph.of_type(TestTask)
+    assert [x.id for x in tests] == [f"{ALPHA}/3d_fullres/{a}/test@{p}" for p in ("0.25", "1")
+                                     for a in ("scratch", "default", "full_ft")]
+    t = c.task(f"{ALPHA}/3d_fullres/full_ft/test@0.25")
+    assert t.folds == (5, 6) and t.needs == (f"{ALPHA}/3d_fullres/full_ft/fold_0@0.25",
+                                             f"{ALPHA}/3d_fullres/full_ft/fold_1@0.25")
+    assert t.out == c.task(t.needs[0]).fold_dir.parent / "test_folds_5_6"
+    cmd = t.predict_command({}, "cpu")
+    assert cmd[1:] == ["-i", str(raw / "imagesTs"), "-o", str(t.out), "-d", "911", "-c", "3d_fullres", "-tr",
+                       "nnUNetTrainerAdaptiveFT", "-p", "nnUNetPlans_full_ft", "-f", "5", "6", "-device", "cpu"]
+    assert t.evaluate_command({})[1:3] == [str(raw / "labelsTs"), str(t.out)]
+    assert not t.done(c.graph)
