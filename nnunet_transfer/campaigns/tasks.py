@@ -259,6 +259,15 @@ def _roots() -> Any:
     return roots
 
 
+def _newer_than_its_folds(result: Path, task: Task, graph: TaskGraph) -> bool:
+    """``result`` is there and newer than the ``checkpoint_final.pth`` of every fold ``task`` needs."""
+    if not result.is_file():
+        return False
+    folds = [t.fold_dir / "checkpoint_final.pth" for t in graph.needs(task, TrainTask)]
+    newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
+    return result.stat().st_mtime >= newest
+
+
 # --- the kinds ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PrepareTask(Task):
@@ -601,11 +610,7 @@ class FindBestTask(Task):
 
     def done(self, graph: TaskGraph) -> bool:
         """nnU-Net's ``inference_information.json`` is there and newer than every fold it was computed from."""
-        if not self.result.is_file():
-            return False
-        folds = [t.fold_dir / "checkpoint_final.pth" for t in graph.needs(self, TrainTask)]
-        newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
-        return self.result.stat().st_mtime >= newest
+        return _newer_than_its_folds(self.result, self, graph)
 
     def _left(self, graph: TaskGraph) -> list[Task]:
         return [t for t in graph.needs(self) if not t.done(graph)]
@@ -685,11 +690,7 @@ class TestTask(Task):
                 str(self.out / "dataset.json"), "-pfile", str(self.out / "plans.json"), *(["-np", n] if n else [])]
 
     def done(self, graph: TaskGraph) -> bool:
-        if not self.summary.is_file():
-            return False
-        folds = [t.fold_dir / "checkpoint_final.pth" for t in graph.needs(self, TrainTask)]
-        newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
-        return self.summary.stat().st_mtime >= newest
+        return _newer_than_its_folds(self.summary, self, graph)
 
     def run(self, step: Step) -> tuple[Status, str]:
         if self.done(step.graph):
