@@ -25,6 +25,7 @@ __all__ = [
     "RecipeError",
     "ReportError",
     "SlurmError",
+    "SplitsError",
     "TrainerNotFoundError",
     "TrainingStateError",
     "TransferError",
@@ -138,3 +139,8 @@ class PeftMissingError(AdapterError):
     """Adapters were asked for, but Hugging Face ``peft`` (the ``peft`` extra) is not installed."""
 
     process_exit_status = 2  # nnUNetv2_train ends with it (trainers/_user_errors.py): a user error, nothing written
+
+
+class SplitsError(TransferError):
+    """Label-fraction folds cannot be written: a fraction leaves no case or drops a label, or ``splits_final.json``
+    or its sidecar is unreadable."""

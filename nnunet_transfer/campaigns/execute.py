@@ -132,6 +132,7 @@ class TaskExecution:
         self._on_start = on_start
         self.log = campaign.log_path(self.task)
         self._lock: TaskLock | None = None
+        self._fold_lock: TaskLock | None = None  # a train task's: keyed on its fold folder (every campaign's)
         self._proc: subprocess.Popen[bytes] | None = None
         self._exited = threading.Event()
         self._interrupted = False
@@ -146,9 +147,16 @@ class TaskExecution:
             lock.acquire(on_wait=self._waiting)
         elif not lock.try_acquire():
             return self._outcome("busy", f"another run works on it: {lock.holder().describe()}", start)
+        fold_path = self.campaign.fold_lock_path(self.task)
+        fold_lock = TaskLock(fold_path, self.task.id) if fold_path is not None else None
+        if fold_lock is not None and not fold_lock.try_acquire():
+            lock.release()
+            return self._outcome("busy", f"another campaign works on its fold: {fold_lock.holder().describe()}",
+                                 start)
         try:
             with lock:
                 self._lock = lock
+                self._fold_lock = fold_lock
                 status, message = self.task.run(self)
         except TaskFailure as e:
             self._record(str(e), e.command, e.exit_code)
@@ -159,6 +167,9 @@ class TaskExecution:
             return self._outcome("failed", message, start)
         finally:
             self._lock = None
+            self._fold_lock = None
+            if fold_lock is not None:
+                fold_lock.release()
         if status in ("done", "skipped"):
             self.campaign.failure_path(self.task).unlink(missing_ok=True)
         return self._outcome(status, "; ".join([message, *self._notes]), start)
@@ -236,10 +247,12 @@ class TaskExecution:
             f.write(header.encode())
             f.flush()
             self._exited.clear()
+            locks = [x for x in (lock, self._fold_lock) if x is not None]
             proc = subprocess.Popen(cmd, env=dict(env), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    pass_fds=(lock.fd,) if lock.fd is not None else ())
+                                    pass_fds=tuple(x.fd for x in locks if x.fd is not None))
         self._proc = proc
-        lock.note_child(proc.pid)
+        for x in locks:
+            x.note_child(proc.pid)
         threading.Thread(target=self._reap, args=(proc,), daemon=True).start()
         try:
             while not self._exited.wait(0.5):
@@ -249,7 +262,8 @@ class TaskExecution:
                 proc.terminate()
                 self._exited.wait(60)
             self._proc = None
-            lock.note_child(None)
+            for x in locks:
+                x.note_child(None)
         with open(self.log, "rb") as f:
             f.seek(begin + len(header.encode()))
             output = f.read().decode(errors="replace")
@@ -290,6 +304,10 @@ def describe_task(campaign: Campaign, task: Task, device: str | None = None) -> 
     holder = lock_holder(campaign.lock_path(task))
     if holder is not None:
         return TaskView(task, "running", holder.describe())
+    fold_lock = campaign.fold_lock_path(task)
+    holder = lock_holder(fold_lock) if fold_lock is not None else None
+    if holder is not None:
+        return TaskView(task, "running", f"by another campaign: {holder.describe()}")
     for need in campaign.graph.needs(task):
         if read_failure(campaign, need) is not None:
             return TaskView(task, "blocked", f"its {need.noun} step failed ({need.id})")

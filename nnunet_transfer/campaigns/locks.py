@@ -6,6 +6,9 @@ process never blocks, and lock files are never deleted (deleting one would let t
 files of the same name). The runner passes the descriptor to the ``nnUNetv2_train`` child (``pass_fds``): the lock
 stays held while a training outlives its runner.
 
+A train task takes a second lock, keyed on its fold folder (:func:`fold_lock_path`, under ``nnUNet_results``): two
+campaign files that share a fold (two studies with one scratch arm) never train it twice at once.
+
 Locks live on the local file system of the machines that run the tasks (flock over NFS is not reliable everywhere).
 """
 
@@ -21,7 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LockInfo", "TaskLock", "lock_holder"]
+__all__ = ["LockInfo", "TaskLock", "fold_lock_path", "lock_holder"]
+
+#: under nnUNet_results: the locks of fold folders (a hidden folder: nnU-Net lists only Dataset* folders there)
+FOLD_LOCKS = ".nnunet_transfer/locks"
+
+
+def fold_lock_path(fold_dir: Path) -> Path:
+    """The lock of an nnU-Net fold folder ``<results>/<dataset>/<trainer>__<plans>__<conf>/fold_N``, keyed on that
+    folder and kept outside it: ``<results>/.nnunet_transfer/locks/<dataset>.<trainer>__<plans>__<conf>.fold_N.lock``.
+    Every campaign file that names the fold takes this lock before it trains it."""
+    fold_dir = Path(fold_dir)
+    model, dataset, results = fold_dir.parent, fold_dir.parent.parent, fold_dir.parent.parent.parent
+    return results / FOLD_LOCKS / f"{dataset.name}.{model.name}.{fold_dir.name}.lock"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ __all__ = [
     "ReportError",
     "ReportResult",
     "ReportTask",
+    "StudyOptions",
     "write_report",
 ]
 
@@ -123,9 +124,42 @@ class ReportResult:
                 f"wrote {names} in {self.out_dir}")
 
 
-def write_report(tasks: Sequence[ReportTask], out_dir: Path) -> ReportResult:
+@dataclass(frozen=True)
+class StudyOptions:
+    """A study's report (arms, fractions): the reference arm, the bootstrap seed and the budget sentence."""
+
+    reference: str
+    seed: int = 0
+    budget: str = ""
+    tests: tuple[Any, ...] = ()  # the campaign's test tasks (held-out test set)
+
+
+@dataclass(frozen=True)
+class _AtPoint:
+    """A fraction fold as the per-fold tables show it: ``arm @ point``, its base fold."""
+
+    dataset: str
+    configuration: str
+    arm: str
+    fold: int
+    fold_dir: Path
+
+
+def _at_point(task: Any) -> ReportTask:
+    p = getattr(task, "point", None)
+    if p is None or p.full:
+        return task
+    return _AtPoint(task.dataset, task.configuration, f"{task.arm} @ {p.point}", p.base_fold, task.fold_dir)
+
+
+def write_report(tasks: Sequence[ReportTask], out_dir: Path, study: StudyOptions | None = None) -> ReportResult:
     """Read the validation summary of every task's fold and write ``report.csv``, ``report.md`` and ``report.png``
-    into ``out_dir`` (created; each file replaced atomically; nothing is written elsewhere)."""
+    into ``out_dir`` (created; each file replaced atomically; nothing is written elsewhere). A ``study`` adds
+    ``cases.csv``, ``comparisons.csv``, ``learning_curve.png`` and its sections of report.md
+    (:mod:`~nnunet_transfer.campaigns.study_report`); its fraction folds show as ``arm @ point``."""
+    study_tasks = list(tasks)
+    if study is not None:
+        tasks = [_at_point(t) for t in tasks]
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,10 +181,19 @@ def write_report(tasks: Sequence[ReportTask], out_dir: Path) -> ReportResult:
         (results if isinstance(outcome, FoldResult) else missing).append(outcome)
 
     groups = _groups(tasks, results)
+    markdown = _markdown(groups, results, missing)
+    extra: list[Path] = []
+    if study is not None:
+        from nnunet_transfer.campaigns.study_report import write_study
+
+        extra, lines = write_study(study_tasks, out_dir, study.reference, study.seed, study.budget,  # type: ignore
+                                   study.tests)
+        markdown += "\n" + "\n".join(lines) + "\n"
     files = (
         write_text_atomic(out_dir / "report.csv", _csv_text(groups)),
-        write_text_atomic(out_dir / "report.md", _markdown(groups, results, missing)),
+        write_text_atomic(out_dir / "report.md", markdown),
         _plot(groups, out_dir / "report.png"),
+        *extra,
     )
     return ReportResult(out_dir=out_dir, files=files, results=tuple(results), missing=tuple(missing))
 

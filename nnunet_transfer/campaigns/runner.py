@@ -34,7 +34,19 @@ def run_campaign(campaign: Campaign, dry_run: bool = False, echo: Echo = print) 
 def campaign_status(campaign: Campaign) -> list[TaskView]:
     """Every task's state (done, running with its pid, failed, blocked, or what is left to do); changes nothing."""
     device = resolve_device(campaign)
-    return [describe_task(campaign, t, device) for t in campaign.graph]
+    views = [describe_task(campaign, t, device) for t in campaign.graph]
+    if campaign.spec.executor.kind == "slurm":
+        from nnunet_transfer.campaigns.slurm import queued_tasks
+
+        jobs = queued_tasks(campaign)
+        views = [_with_job(v, *jobs[v.task.id]) if v.task.id in jobs and v.state != "done" else v for v in views]
+    return views
+
+
+def _with_job(view: TaskView, job_id: str, state: str) -> TaskView:
+    """A task whose SLURM job is in the queue: ``running``/``queued`` with the job id and SLURM state."""
+    shown = "running" if state in ("RUNNING", "COMPLETING") else "queued"
+    return TaskView(view.task, shown, f"SLURM job {job_id} {state}; {view.detail}", view.commands)
 
 
 def format_status(views: Sequence[TaskView]) -> list[str]:

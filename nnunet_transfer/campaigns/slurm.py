@@ -51,7 +51,8 @@ from nnunet_transfer.campaigns.tasks import Task, TaskGraph
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
 from nnunet_transfer.errors import SlurmError  # defined in errors.py; importable from here as before
 
-__all__ = ["JobBatch", "SlurmError", "SlurmExecutorSpec", "TaskJob", "plan_jobs", "run_slurm", "submitit_parameters"]
+__all__ = ["JobBatch", "SlurmError", "SlurmExecutorSpec", "TaskJob", "jobs_folder", "plan_jobs", "queued_tasks",
+           "run_slurm", "submitit_parameters"]
 
 Echo = Callable[[str], None]
 
@@ -324,8 +325,7 @@ class _SlurmRun:
         self.graph = campaign.graph
         self.echo = echo
         self.params = spec.parameters
-        folder = Path(spec.folder).expanduser() if spec.folder else campaign.workdir / "slurm"
-        self.folder = folder if folder.is_absolute() else (campaign.path.parent / folder)
+        self.folder = jobs_folder(campaign)
         delay = self.params.get("slurm_signal_delay_s", 90)
         # submitit signals the job signal_delay_s before the time limit: leave a margin for its requeue
         self.interrupt_timeout = float(max(10, int(delay) - 15))
@@ -406,27 +406,10 @@ class _SlurmRun:
         return w
 
     def _queued_jobs(self) -> dict[str, Any]:
-        """Tasks of this campaign whose jobs (from an earlier ``campaign run``) are still pending or running: found
-        through ``squeue`` and the job's submission pickle in our submitit folder; they are watched, not submitted
-        again."""
-        try:
-            out = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i"], capture_output=True, text=True,
-                                 timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return {}
-        found: dict[str, Any] = {}
-        for job_id in out.stdout.split() if out.returncode == 0 else []:
-            pickle = self.folder / f"{job_id}_submitted.pkl"
-            if not pickle.is_file():
-                continue
-            try:
-                function = DelayedSubmission.load(pickle).function
-            except Exception:  # not ours, or from another version: leave it alone
-                continue
-            if isinstance(function, TaskJob) and function.task_id in self.graph and \
-                    getattr(function.campaign, "path", None) == self.campaign.path:
-                found[function.task_id] = SlurmJob(folder=self.folder, job_id=job_id)
-        return found
+        """Tasks of this campaign whose jobs (from an earlier ``campaign run``) are still pending or running: they
+        are watched, not submitted again."""
+        return {task_id: SlurmJob(folder=self.folder, job_id=job_id)
+                for task_id, (job_id, _) in queued_tasks(self.campaign, self.folder).items()}
 
     # --- waiting ------------------------------------------------------------------------------------------------
     def wait(self) -> None:
@@ -569,6 +552,39 @@ def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     line = lines[-1] if lines else text.strip()
     return line if len(line) <= 400 else line[:397] + "..."
+
+
+def jobs_folder(campaign: Campaign) -> Path:
+    """submitit's folder of the campaign's jobs: ``executor.folder`` (relative to the campaign file) or
+    ``<workdir>/slurm``."""
+    spec = campaign.spec.executor
+    folder = Path(spec.folder).expanduser() if getattr(spec, "folder", None) else campaign.workdir / "slurm"
+    return folder if folder.is_absolute() else (campaign.path.parent / folder)
+
+
+def queued_tasks(campaign: Campaign, folder: Path | None = None) -> dict[str, tuple[str, str]]:
+    """Task id -> (SLURM job id, SLURM state) of the campaign's jobs in the queue (pending or running): ``squeue``
+    and each job's submission pickle in the jobs folder. Empty where squeue cannot be asked."""
+    folder = jobs_folder(campaign) if folder is None else folder
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i %T"], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        job_id, _, state = line.strip().partition(" ")
+        pickle = folder / f"{job_id}_submitted.pkl"
+        if not pickle.is_file():
+            continue
+        try:
+            function = DelayedSubmission.load(pickle).function
+        except Exception:  # not ours, or from another version: leave it alone
+            continue
+        if isinstance(function, TaskJob) and function.task_id in campaign.graph and \
+                getattr(function.campaign, "path", None) == campaign.path:
+            found[function.task_id] = (job_id, state or "?")
+    return found
 
 
 def run_slurm(campaign: Campaign, echo: Echo = print) -> int:

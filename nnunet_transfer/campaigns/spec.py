@@ -42,6 +42,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
@@ -51,7 +52,9 @@ from pydantic_core import PydanticCustomError
 from nnunet_transfer.campaigns.tasks import (
     OWN_PLANS,
     Arm,
+    ArmDef,
     FindBestTask,
+    FoldPoint,
     PlansMode,
     PrepareTask,
     Target,
@@ -66,6 +69,7 @@ from nnunet_transfer.errors import CampaignError, PlansError, TransferError
 from nnunet_transfer.nnunet.trainer_lookup import TrainerInfo, locate_trainer
 
 __all__ = [
+    "ArmSpec",
     "BaselineSpec",
     "Campaign",
     "CampaignSpec",
@@ -118,6 +122,29 @@ class BaselineSpec(BaseModel):
     recipe: str | None = None
 
 
+class ArmSpec(BaseModel):
+    """One ``arms`` entry: a named way of training every fold. ``pretrained`` left out: the campaign's checkpoint;
+    ``pretrained: none`` (or null): from scratch. An arm with a ``recipe`` trains under its own plans identifier
+    ``<plans>_<name>`` (a copy of the target's plans carrying the recipe), so that it has its own results folder."""
+
+    model_config = _FORBID
+
+    name: str
+    trainer: str = "nnUNetTrainerAdaptiveFT"
+    recipe: str | None = None
+    pretrained: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _arm_name(cls, name: str) -> str:
+        if not _NAME.fullmatch(name) or "__" in name:
+            raise ValueError(f"{name!r}: use letters, digits, '_', '-' and '.', no '__' (it names plans)")
+        return name
+
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
 class FindBestSpec(BaseModel):
     """``find_best:``: after a target's folds, nnU-Net's ``nnUNetv2_find_best_configuration`` on them (its
     ``inference_information.json`` says how to predict). With ``ensembling`` (and more than one model) the folds are
@@ -126,7 +153,7 @@ class FindBestSpec(BaseModel):
     model_config = _FORBID
 
     ensembling: bool = True
-    arms: Annotated[tuple[Literal["finetune", "baseline"], ...], Field(min_length=1)] = ("finetune",)
+    arms: Annotated[tuple[str, ...], Field(min_length=1)] = ("finetune",)
 
     @field_validator("arms")
     @classmethod
@@ -248,7 +275,7 @@ class CampaignSpec(BaseModel):
     model_config = _FORBID
 
     name: str
-    pretrained: str
+    pretrained: str | None = None
     trainer: str = "nnUNetTrainerAdaptiveFT"
     recipe: str | None = None
     plans: Literal["own", "transfer"] = "own"
@@ -257,6 +284,13 @@ class CampaignSpec(BaseModel):
     folds: Folds = (0, 1, 2, 3, 4)
     targets: Annotated[tuple[TargetSpec, ...], Field(min_length=1)]
     baseline: BaselineSpec | None = None
+    #: a study: any number of named arms instead of trainer/recipe/baseline
+    arms: Annotated[tuple[ArmSpec, ...], Field(min_length=1)] | None = None
+    reference: str | None = None  # the arm the others are compared with (default: the first from scratch)
+    fractions: Annotated[tuple[Fraction, ...], Field(min_length=1)] | None = None
+    train_cases: Annotated[tuple[Annotated[StrictInt, Field(ge=1)], ...], Field(min_length=1)] | None = None
+    seed: StrictInt = 0  # draws the label-fraction subsets
+    test: bool = False  # predict and score each target's imagesTs/labelsTs with every arm's fold ensemble
     find_best: FindBestSpec | None = None
     executor: Annotated[ExecutorSpec, WrapValidator(_executor_section)] = Field(default_factory=_local_executor)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -269,12 +303,13 @@ class CampaignSpec(BaseModel):
             raise ValueError(f"{name!r}: use letters, digits, '_', '-' and '.' (it names folders and plans)")
         return name
 
-    @field_validator("folds")
+    @field_validator("folds", "fractions", "train_cases")
     @classmethod
-    def _unique_folds(cls, folds: tuple[int, ...]) -> tuple[int, ...]:
-        if len(set(folds)) != len(folds):
-            raise ValueError(f"a fold is listed twice: {list(folds)}")
-        return folds
+    def _unique_folds(cls, values: tuple[Any, ...] | None, info: ValidationInfo) -> tuple[Any, ...] | None:
+        if values is not None and len(set(values)) != len(values):
+            what = {"folds": "a fold", "fractions": "a fraction"}.get(info.field_name or "", "a value")
+            raise ValueError(f"{what} is listed twice: {list(values)}")
+        return values
 
 
 @dataclass(frozen=True)
@@ -285,7 +320,7 @@ class Campaign:
     path: Path
     spec: CampaignSpec
     workdir: Path
-    pretrained: Path
+    pretrained: Path | None
     targets: tuple[Target, ...]
     trainers: dict[Arm, str]
     #: per arm, the value of NNUNET_TRANSFER_RECIPE for its commands (None: unset, the trainer's own recipe)
@@ -293,6 +328,10 @@ class Campaign:
     #: the recipe whose loader options the compatibility check uses (the fine-tune arm's recipe in force)
     check_recipe: str | None
     graph: TaskGraph
+    #: every arm, resolved, in file order
+    arms: tuple[ArmDef, ...] = ()
+    #: the arm the report compares the others with
+    reference: Arm | None = None
 
     @property
     def name(self) -> str:
@@ -333,6 +372,14 @@ class Campaign:
     def lock_path(self, task: Task) -> Path:
         """``<workdir>/locks/<task>.lock`` (see :mod:`nnunet_transfer.campaigns.locks`)."""
         return self.workdir / "locks" / f"{task.slug}.lock"
+
+    def fold_lock_path(self, task: Task) -> Path | None:
+        """The lock of a train task's fold folder, whoever trains it (another campaign file naming the same fold
+        takes the same one): ``$nnUNet_results/.nnunet_transfer/locks/<dataset>.<trainer>__<plans>__<conf>.fold_N.lock``
+        (see :func:`~nnunet_transfer.campaigns.locks.fold_lock_path`); None for other tasks."""
+        from nnunet_transfer.campaigns.locks import fold_lock_path
+
+        return fold_lock_path(task.fold_dir) if isinstance(task, TrainTask) else None
 
     def failure_path(self, task: Task | str) -> Path:
         """``<workdir>/failures/<task>.json`` (a task or a task id): there while the task fails."""
@@ -488,7 +535,16 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
         raise CampaignError(_format_errors(path, e)) from None
     check = _Checker(path)
     roots = check.roots()
-    pretrained = check.pretrained(spec.pretrained)
+    if spec.arms is not None:
+        legacy = sorted({"trainer", "recipe", "baseline"} & spec.model_fields_set)
+        if legacy:
+            raise check.fail(legacy[0], "a campaign file with arms names every arm there: move it into arms "
+                                        "(e.g. {name: default, trainer: nnUNetTrainerAdaptiveFT})")
+    elif spec.pretrained is None:
+        raise check.fail("pretrained", "Field required (the checkpoint the fine-tuned arm starts from)")
+    if spec.fractions is not None and spec.train_cases is not None:
+        raise check.fail("train_cases", "give fractions or train_cases, not both")
+    pretrained = check.pretrained(spec.pretrained) if spec.pretrained is not None else None
     targets: list[Target] = []
     seen: dict[tuple[str, str], int] = {}
     for i, t in enumerate(spec.targets):
@@ -503,18 +559,69 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
     if workdir.exists() and not workdir.is_dir():
         raise check.fail("workdir", f"{workdir}: exists and is not a folder")
 
-    trainers: dict[Arm, str] = {"finetune": spec.trainer}
+    if spec.arms is None:
+        arms, check_recipe = _legacy_arms(check, spec, pretrained)
+    else:
+        arms, check_recipe = _study_arms(check, spec, pretrained)
+    trainers = {a.name: a.trainer for a in arms}
+    recipes = {a.name: a.recipe_env if spec.arms is None else a.recipe_arg for a in arms}
+    reference = spec.reference
+    if reference is not None and reference not in trainers:
+        raise check.fail("reference", f"{reference!r}: no such arm (the arms: {', '.join(trainers)})")
+    if reference is None:
+        reference = next((a.name for a in arms if a.pretrained is None), arms[-1].name)
+    if spec.fractions is not None or spec.train_cases is not None:
+        targets = [_with_points(check, i, t, spec, roots) for i, t in enumerate(targets)]
+    find_best = None
+    if spec.find_best is not None:
+        missing = [a for a in spec.find_best.arms if a not in trainers]
+        if missing:
+            raise check.fail("find_best.arms", f"{', '.join(missing)}: the campaign has no such arm (the arms: "
+                                               f"{', '.join(trainers)})")
+        own = [a.name for a in arms if a.name in spec.find_best.arms and a.plans_suffix is not None]
+        if own:
+            raise check.fail("find_best.arms", f"{', '.join(own)}: an arm with its own recipe trains under its own "
+                                               "plans; find-best compares arms of one plans identifier")
+        find_best = (spec.find_best.arms, spec.find_best.ensembling)
+    check_as = None if check_recipe is None else str(check_recipe)
+    check_arm = next((a for a in arms if a.pretrained is not None), None)
+    if spec.test:
+        for i, t in enumerate(targets):
+            absent = [d for d in ("imagesTs", "labelsTs") if not (roots.raw / t.dataset / d).is_dir()]
+            if absent:
+                raise check.fail("test", f"{t.dataset} (targets[{i}]) has no {' and no '.join(absent)} in "
+                                         f"{roots.raw / t.dataset}: a held-out test set needs both")
+    graph = build_graph(targets, arms, check_as, roots.results, find_best, check_arm,
+                        roots.raw if spec.test else None)
+    return Campaign(path=path, spec=spec, workdir=workdir, pretrained=pretrained, targets=tuple(targets),
+                    trainers=trainers, recipes=recipes, check_recipe=check_as, graph=graph, arms=tuple(arms),
+                    reference=reference)
+
+
+def _scratch_recipe(check: _Checker, where: str, value: str, what: str) -> None:
+    """A from-scratch arm's recipe must not load pretrained weights."""
+    _, recipe = check.recipe(where, value)
+    if recipe.pretrained.required or recipe.pretrained.checkpoint:
+        raise check.fail(where, f"recipe {recipe.name} ({recipe.source}) loads pretrained weights "
+                                f"(pretrained.required or pretrained.checkpoint): {what} trains from scratch; use "
+                                "nnUNetTrainer or a recipe with pretrained.required: false")
+
+
+def _legacy_arms(check: _Checker, spec: CampaignSpec, pretrained: Path | None) -> tuple[list[ArmDef], str | None]:
+    """``trainer``/``recipe``/``baseline``: the fine-tune arm and the optional baseline (the recipe through
+    NNUNET_TRANSFER_RECIPE, the target's plans: as before arms existed)."""
     ft_class = check.trainer("trainer", spec.trainer)
-    recipes: dict[Arm, str | None] = {"finetune": None}
+    ft_recipe = None
     check_recipe = ft_class.recipe
     if spec.recipe is not None:
         if not ft_class.reads_recipes:
             raise check.fail("recipe", f"trainer {spec.trainer} does not read recipes (not an nnunet-transfer "
                                        "trainer such as nnUNetTrainerAdaptiveFT); remove the recipe or change trainer")
-        recipes["finetune"], _ = check.recipe("recipe", spec.recipe)
-        check_recipe = recipes["finetune"]
+        ft_recipe, _ = check.recipe("recipe", spec.recipe)
+        check_recipe = ft_recipe
     elif check_recipe is not None:
         check.recipe("trainer", str(check_recipe))
+    arms = [ArmDef("finetune", spec.trainer, pretrained, recipe_env=ft_recipe)]
     if spec.baseline is not None:
         b = spec.baseline
         if b.trainer == spec.trainer:
@@ -522,31 +629,136 @@ def load_campaign(path: str | os.PathLike) -> Campaign:
                                                  "write to the same results folder (<trainer>__<plans>__<configuration>"
                                                  "); use another trainer for the baseline, e.g. nnUNetTrainer")
         b_class = check.trainer("baseline.trainer", b.trainer)
-        trainers["baseline"] = b.trainer
-        recipes["baseline"] = None
+        b_recipe = None
         in_force = b_class.recipe
         where = "baseline.trainer"
         if b.recipe is not None:
             if not b_class.reads_recipes:
                 raise check.fail("baseline.recipe", f"trainer {b.trainer} does not read recipes; remove the recipe "
                                                     "or use an nnunet-transfer trainer")
-            recipes["baseline"] = in_force = check.recipe("baseline.recipe", b.recipe)[0]
+            b_recipe = in_force = check.recipe("baseline.recipe", b.recipe)[0]
             where = "baseline.recipe"
         if in_force is not None:
-            _, recipe = check.recipe(where, str(in_force))
-            if recipe.pretrained.required or recipe.pretrained.checkpoint:
-                raise check.fail(where, f"recipe {recipe.name} ({recipe.source}) loads pretrained weights "
-                                        "(pretrained.required or pretrained.checkpoint): a baseline trains from "
-                                        "scratch; use nnUNetTrainer or a recipe with pretrained.required: false")
+            _scratch_recipe(check, where, str(in_force), "a baseline")
+        arms.append(ArmDef("baseline", b.trainer, None, recipe_env=b_recipe))
+    return arms, check_recipe
 
-    find_best = None
-    if spec.find_best is not None:
-        missing = [a for a in spec.find_best.arms if a not in trainers]
-        if missing:
-            raise check.fail("find_best.arms", f"{', '.join(missing)}: the campaign has no such arm (add a baseline, "
-                                               "or list only finetune)")
-        find_best = (spec.find_best.arms, spec.find_best.ensembling)
-    check_as = None if check_recipe is None else str(check_recipe)
-    graph = build_graph(targets, trainers, recipes, pretrained, check_as, roots.results, find_best)
-    return Campaign(path=path, spec=spec, workdir=workdir, pretrained=pretrained, targets=tuple(targets),
-                    trainers=trainers, recipes=recipes, check_recipe=check_as, graph=graph)
+
+def _study_arms(check: _Checker, spec: CampaignSpec, pretrained: Path | None) -> tuple[list[ArmDef], str | None]:
+    """``arms:``: each arm's trainer, checkpoint and recipe; an arm with a recipe gets its own plans identifier."""
+    import json
+
+    assert spec.arms is not None
+    arms: list[ArmDef] = []
+    names: dict[str, int] = {}
+    folders: dict[tuple[str, str | None], int] = {}
+    check_recipe: str | None = None
+    for i, a in enumerate(spec.arms):
+        where = f"arms[{i}]"
+        if a.name in names:
+            raise check.fail(f"{where}.name", f"{a.name!r} is used twice (also arms[{names[a.name]}])")
+        names[a.name] = i
+        info = check.trainer(f"{where}.trainer", a.trainer)
+        if "pretrained" not in a.model_fields_set:
+            if pretrained is None:
+                raise check.fail(f"{where}.pretrained", "no checkpoint: give one here or the campaign's pretrained, "
+                                                        "or pretrained: none to train from scratch")
+            ckpt: Path | None = pretrained
+        elif a.pretrained is None or a.pretrained.lower() == "none":
+            ckpt = None
+        else:
+            ckpt = check.pretrained(a.pretrained)
+        suffix = recipe_json = recipe_arg = None
+        in_force = info.recipe
+        if a.recipe is not None:
+            if not info.reads_recipes:
+                raise check.fail(f"{where}.recipe", f"trainer {a.trainer} does not read recipes (not an "
+                                                    "nnunet-transfer trainer); remove the recipe or change trainer")
+            recipe_arg, recipe = check.recipe(f"{where}.recipe", a.recipe)
+            in_force = recipe_arg
+            suffix = a.name
+            recipe_json = json.dumps(recipe.model_dump(mode="json", exclude={"source"}), sort_keys=True)
+        elif in_force is not None:
+            check.recipe(f"{where}.trainer", str(in_force))
+        if ckpt is None and in_force is not None:
+            _scratch_recipe(check, f"{where}.recipe" if a.recipe else f"{where}.trainer", str(in_force),
+                            f"arm {a.name} (pretrained: none)")
+        key = (a.trainer, suffix)
+        if key in folders:
+            raise check.fail(where, f"arm {a.name} would write into the results folder of arms[{folders[key]}] "
+                                    f"({a.trainer}, the same plans): give one of them a recipe or another trainer")
+        folders[key] = i
+        if ckpt is not None and check_recipe is None and not any(x.pretrained for x in arms):
+            check_recipe = None if in_force is None else str(in_force)
+        arms.append(ArmDef(a.name, a.trainer, ckpt, plans_suffix=suffix, plans_recipe=recipe_json,
+                           recipe_arg=recipe_arg))
+    return arms, check_recipe
+
+
+def _with_points(check: _Checker, i: int, target: Target, spec: CampaignSpec, roots: Any) -> Target:
+    """The target's label-fraction folds: per base fold, each fraction's case count and the fold index it has (or
+    will get) in splits_final.json; refused here when a fraction leaves no case or (preprocessed data there) drops a
+    label. Reads only."""
+    from dataclasses import replace
+
+    from nnunet_transfer.errors import SplitsError
+    from nnunet_transfer.nnunet.datasets import raw_case_identifiers, read_json
+    from nnunet_transfer.nnunet.splits import (
+        SubsetRequest,
+        base_splits,
+        draw_subset,
+        labels_dropped,
+        plan_subsets,
+        subset_size,
+    )
+
+    folder = roots.preprocessed / target.dataset
+    field = "fractions" if spec.fractions is not None else "train_cases"
+    values: tuple[Any, ...] = spec.fractions if spec.fractions is not None else spec.train_cases  # type: ignore
+    try:
+        identifiers = raw_case_identifiers(roots.raw / target.dataset)
+        splits = base_splits(folder, identifiers)
+    except (SplitsError, PlansError) as e:
+        raise check.fail(f"targets[{i}].dataset", str(e)) from None
+    data_id = None
+    plans_file = folder / f"{target.plans}.json"
+    if plans_file.is_file():
+        data_id = read_json(plans_file)["configurations"].get(target.configurations[0], {}).get("data_identifier")
+    wanted: list[tuple[int, int, Any, SubsetRequest | None]] = []
+    for b in target.folds:
+        if b >= len(splits):
+            raise check.fail(f"targets[{i}].folds" if spec.targets[i].folds else "folds",
+                             f"fold {b}: {folder / 'splits_final.json'} has {len(splits)} folds")
+        train = splits[b]["train"]
+        for j, v in enumerate(values):
+            n = subset_size(len(train), fraction=v) if field == "fractions" else subset_size(len(train), cases=v)
+            if n < 1:
+                raise check.fail(f"{field}[{j}]", f"{v:g} of fold {b}'s {len(train)} training cases ({target.dataset}) "
+                                                  "is no case: use a larger fraction")
+            if n > len(train):
+                raise check.fail(f"{field}[{j}]", f"{v} cases: fold {b} of {target.dataset} has only {len(train)} "
+                                                  "training cases")
+            if n == len(train):
+                wanted.append((b, j, v, None))
+                continue
+            r = SubsetRequest(b, n, float(v) if field == "fractions" else n / len(train), spec.seed)
+            if data_id:
+                dropped = labels_dropped(folder, data_id, train, draw_subset(train, n, spec.seed, b))
+                if dropped:
+                    raise check.fail(f"{field}[{j}]", f"{v:g} of fold {b} of {target.dataset} ({n} of {len(train)} "
+                                                      f"cases, seed {spec.seed}) has no case with label(s) "
+                                                      f"{', '.join(dropped)}: use a larger fraction or another seed")
+            wanted.append((b, j, v, r))
+    try:
+        index = plan_subsets(folder, [r for *_, r in wanted if r is not None], identifiers)
+    except SplitsError as e:
+        raise check.fail(f"targets[{i}].dataset", str(e)) from None
+    points = []
+    for b, _, v, r in wanted:
+        point = f"{v:g}" if field == "fractions" else f"{v} cases"
+        if r is None:
+            points.append(FoldPoint(b, b, 1.0, len(splits[b]["train"]), point, spec.seed))
+        else:
+            points.append(FoldPoint(b, index[r.key], r.fraction, r.n_train, point, spec.seed))
+    points.sort(key=lambda p: (p.base_fold, p.n_train))
+    return replace(target, points=tuple(points))

@@ -39,6 +39,8 @@ __all__ = [
     "ARMS",
     "OWN_PLANS",
     "Arm",
+    "ArmDef",
+    "FoldPoint",
     "FindBestTask",
     "PlansMode",
     "PrepareTask",
@@ -49,16 +51,18 @@ __all__ = [
     "TaskFailure",
     "TaskGraph",
     "TaskView",
+    "TestTask",
     "TrainTask",
     "build_graph",
     "shown_command",
     "task_slug",
 ]
 
-Arm = Literal["finetune", "baseline"]
+#: an arm's name: ``finetune``/``baseline`` in a campaign file with ``trainer``/``baseline``, any name under ``arms``
+Arm = str
 PlansMode = Literal["own", "transfer"]
 Status = Literal["done", "skipped", "failed", "preempted", "busy", "blocked"]
-ARMS: tuple[Arm, ...] = ("finetune", "baseline")
+ARMS: tuple[Arm, ...] = ("finetune", "baseline")  # the arms of a campaign file without ``arms:``
 OWN_PLANS = "nnUNetPlans"
 T = TypeVar("T", bound="Task")
 
@@ -67,6 +71,44 @@ def task_slug(task_id: str) -> str:
     """A task id as a file name (``Dataset902_TwoCh/3d_fullres/finetune/fold_0`` ->
     ``Dataset902_TwoCh.3d_fullres.finetune.fold_0``): its log, lock and failure record are named after it."""
     return task_id.replace("/", ".")
+
+
+@dataclass(frozen=True)
+class ArmDef:
+    """One arm, resolved: its trainer, its plans identifier's suffix (None: the target's plans; else the arm's own
+    plans ``<plans>_<suffix>``, a copy of the target's with the arm's recipe in it), its recipe (the value of
+    ``NNUNET_TRANSFER_RECIPE``, for files without ``arms:``; or the recipe written into its plans, as JSON text) and
+    its pretrained checkpoint (None: from scratch)."""
+
+    name: Arm
+    trainer: str
+    pretrained: Path | None = None
+    recipe_env: str | None = None
+    plans_suffix: str | None = None
+    plans_recipe: str | None = None  # JSON of the recipe the arm's plans carry (with plans_suffix)
+    recipe_arg: str | None = None  # the recipe as the campaign file names it (for the compatibility check)
+
+    def plans(self, target_plans: str) -> str:
+        """The plans identifier of this arm on a target planned as ``target_plans``."""
+        return target_plans if self.plans_suffix is None else f"{target_plans}_{self.plans_suffix}"
+
+
+@dataclass(frozen=True)
+class FoldPoint:
+    """One point of a learning curve on one base fold: nnU-Net fold ``fold`` trains ``n_train`` of base fold
+    ``base_fold``'s training cases (``fold == base_fold`` at fraction 1) and validates on the base fold's cases.
+    ``point`` names it in task ids and reports (``"0.25"``, ``"10 cases"``, ``"1"``)."""
+
+    base_fold: int
+    fold: int
+    fraction: float
+    n_train: int
+    point: str = "1"
+    seed: int = 0
+
+    @property
+    def full(self) -> bool:
+        return self.fold == self.base_fold
 
 
 @dataclass(frozen=True)
@@ -79,6 +121,13 @@ class Target:
     plans: str  # plans identifier
     configurations: tuple[str, ...]
     folds: tuple[int, ...]
+    #: with ``fractions``/``train_cases``: per base fold every point (the full fold included); empty: the folds as
+    #: they are
+    points: tuple[FoldPoint, ...] = ()
+
+    def fold_points(self) -> tuple[FoldPoint, ...]:
+        """The folds to train: the points, or each fold at fraction 1."""
+        return self.points or tuple(FoldPoint(f, f, 1.0, 0) for f in self.folds)
 
 
 @dataclass(frozen=True)
@@ -210,6 +259,15 @@ def _roots() -> Any:
     return roots
 
 
+def _newer_than_its_folds(result: Path, task: Task, graph: TaskGraph) -> bool:
+    """``result`` is there and newer than the ``checkpoint_final.pth`` of every fold ``task`` needs."""
+    if not result.is_file():
+        return False
+    folds = [t.fold_dir / "checkpoint_final.pth" for t in graph.needs(task, TrainTask)]
+    newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
+    return result.stat().st_mtime >= newest
+
+
 # --- the kinds ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PrepareTask(Task):
@@ -228,9 +286,14 @@ class PrepareTask(Task):
     plans: str
     configurations: tuple[str, ...]
     mode: PlansMode
-    pretrained: Path  # transferred plans come from it; the check loads it
+    pretrained: Path | None  # transferred plans come from it; the check loads it (None: no arm loads weights)
     check_trainer: str  # the fine-tune arm's trainer
     check_recipe: str | None  # the recipe whose loader options the check uses (None: the trainer's own)
+    check_arm: Arm = "finetune"  # the arm the compatibility check is for
+    #: the arms' own plans: (identifier, recipe JSON) written as copies of the target's plans
+    arm_plans: tuple[tuple[str, str], ...] = ()
+    #: the label-fraction folds to append to splits_final.json: (request, planned fold index)
+    subsets: tuple[tuple[Any, int], ...] = ()
 
     @property
     def label(self) -> str:
@@ -254,15 +317,18 @@ class PrepareTask(Task):
                 "-c", *configurations, *(["-np", n] if n else [])]
 
     def check_command(self, configuration: str) -> list[str]:
+        assert self.pretrained is not None
         cmd = [console_script("nnunet-transfer"), "check", str(self.pretrained), "-d", str(self.dataset_id),
                "-c", configuration, "-p", self.plans, "-tr", self.check_trainer]
         return cmd + (["--recipe", self.check_recipe] if self.check_recipe else [])
 
     def to_check(self, graph: TaskGraph) -> list[str]:
         """Configurations whose fine-tuning still has folds to train: the compatibility check runs for these."""
+        if self.pretrained is None:
+            return []
         return [c for c in self.configurations
                 if any(not t.done(graph) for t in graph.dependents(self, TrainTask)
-                       if t.arm == "finetune" and t.configuration == c)]
+                       if t.arm == self.check_arm and t.configuration == c)]
 
     def state(self) -> PrepareState:
         roots = _roots()
@@ -303,8 +369,11 @@ class PrepareTask(Task):
         from nnunet_transfer.nnunet.datasets import ensure_default_splits, raw_case_identifiers
 
         roots = _roots()
-        if ensure_default_splits(roots.preprocessed / self.dataset, raw_case_identifiers(roots.raw / self.dataset)):
+        identifiers = raw_case_identifiers(roots.raw / self.dataset)
+        if ensure_default_splits(roots.preprocessed / self.dataset, identifiers):
             did.append("wrote nnU-Net's default splits_final.json")
+        did += self._write_subsets(roots.preprocessed / self.dataset, identifiers)
+        did += self._write_arm_plans(roots.preprocessed / self.dataset)
         checked = []
         for conf in self.to_check(step.graph):
             cmd = self.check_command(conf)
@@ -319,6 +388,64 @@ class PrepareTask(Task):
         if checked:
             did.append(f"check passed ({', '.join(checked)})")
         return "done", "; ".join(did) if did else "data complete"
+
+    def _write_subsets(self, folder: Path, identifiers: Sequence[str]) -> list[str]:
+        """Append the label-fraction folds (reused when recorded); refuse a subset that drops a label."""
+        if not self.subsets:
+            return []
+        from nnunet_transfer.errors import SplitsError
+        from nnunet_transfer.nnunet.splits import SIDECAR, SPLITS, base_splits, ensure_subsets, labels_dropped
+
+        before = (folder / SIDECAR).read_bytes() if (folder / SIDECAR).is_file() else b""
+        try:
+            made = ensure_subsets(folder, [r for r, _ in self.subsets], identifiers)
+        except SplitsError as e:
+            raise TaskFailure(str(e)) from None
+        moved = [(r, planned, made[r.key].fold) for r, planned in self.subsets if made[r.key].fold != planned]
+        if moved:
+            r, planned, got = moved[0]
+            raise TaskFailure(f"{folder / SPLITS}: the subset of base fold {r.base_fold} ({r.n_train} cases) is fold "
+                              f"{got}, not {planned} as when the campaign file was loaded (another study appended "
+                              "folds meanwhile): run the same command again")
+        from nnunet_transfer.nnunet.datasets import read_json
+
+        plans = read_json(folder / f"{self.plans}.json")
+        data_id = plans["configurations"][self.configurations[0]].get("data_identifier", "")
+        splits = base_splits(folder, identifiers)
+        for r, _ in self.subsets:
+            dropped = labels_dropped(folder, data_id, splits[r.base_fold]["train"], made[r.key].train)
+            if dropped:
+                raise TaskFailure(f"fraction {r.fraction:g} of fold {r.base_fold} ({r.n_train} cases, seed {r.seed}) "
+                                  f"has no case with label(s) {', '.join(dropped)}: use a larger fraction or "
+                                  "another seed")
+        after = (folder / SIDECAR).read_bytes() if (folder / SIDECAR).is_file() else b""
+        return [f"appended fraction folds to {SPLITS}"] if after != before else []
+
+    def _write_arm_plans(self, folder: Path) -> list[str]:
+        """The arms' own plans: the target's plans under another name with the arm's recipe (same data_identifier:
+        the preprocessed data is shared). Rewritten only when it differs."""
+        if not self.arm_plans:
+            return []
+        import json
+
+        from nnunet_transfer.core.io import write_json_atomic
+        from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY
+        from nnunet_transfer.nnunet.datasets import read_json
+
+        base = read_json(folder / f"{self.plans}.json")
+        wrote = []
+        for identifier, recipe in self.arm_plans:
+            data = {**base, "plans_name": identifier, RECIPE_PLANS_KEY: json.loads(recipe)}
+            path = folder / f"{identifier}.json"
+            if path.is_file():
+                try:
+                    if read_json(path) == data:
+                        continue
+                except Exception:  # an unreadable file is replaced
+                    pass
+            write_json_atomic(path, data, indent=4)
+            wrote.append(identifier)
+        return [f"wrote plans {', '.join(wrote)}"] if wrote else []
 
     def view(self, graph: TaskGraph, env: Mapping[str, str], device: str) -> TaskView:
         if self.done(graph):
@@ -357,10 +484,24 @@ class TrainTask(Task):
     pretrained: Path | None = None  # -pretrained_weights of a new training (the fine-tune arm)
     recipe: str | None = None  # NNUNET_TRANSFER_RECIPE for its commands (None: the trainer's own recipe)
     npz: bool = False  # nnUNetv2_train --npz: a find-best step ensembles its validation probabilities
+    point: FoldPoint | None = None  # with fractions: which base fold and fraction this fold is
 
     @property
     def label(self) -> str:
-        return f"{self.dataset} {self.configuration} {self.arm} fold {self.fold}"
+        if self.point is None or self.point.full:
+            return f"{self.dataset} {self.configuration} {self.arm} fold {self.fold}"
+        p = self.point
+        return (f"{self.dataset} {self.configuration} {self.arm} fold {p.base_fold} at {p.point} ({p.n_train} "
+                f"cases: nnU-Net fold {self.fold})")
+
+    @property
+    def base_fold(self) -> int:
+        """The fold whose validation cases this one uses (itself at fraction 1)."""
+        return self.fold if self.point is None else self.point.base_fold
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.point is None else self.point.fraction
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -469,11 +610,7 @@ class FindBestTask(Task):
 
     def done(self, graph: TaskGraph) -> bool:
         """nnU-Net's ``inference_information.json`` is there and newer than every fold it was computed from."""
-        if not self.result.is_file():
-            return False
-        folds = [t.fold_dir / "checkpoint_final.pth" for t in graph.needs(self, TrainTask)]
-        newest = max((f.stat().st_mtime for f in folds if f.is_file()), default=0.0)
-        return self.result.stat().st_mtime >= newest
+        return _newer_than_its_folds(self.result, self, graph)
 
     def _left(self, graph: TaskGraph) -> list[Task]:
         return [t for t in graph.needs(self) if not t.done(graph)]
@@ -502,6 +639,82 @@ class FindBestTask(Task):
         if left:
             return TaskView(self, "waiting", f"for {len(left)} fold(s) to finish", cmd)
         return TaskView(self, "to run", f"over {len(self.train_ids)} folds", cmd)
+
+
+@dataclass(frozen=True)
+class TestTask(Task):
+    """The held-out test set of a target (raw ``imagesTs``/``labelsTs``) predicted by one arm's fold ensemble at one
+    point with the stock ``nnUNetv2_predict``, then scored with the stock ``nnUNetv2_evaluate_folder``. Its output
+    folder sits in the arm's model folder, named after the folds it ensembles (``test_folds_5_6``): a study sharing
+    the arm shares it. Done when its ``summary.json`` is newer than every fold's ``checkpoint_final.pth``."""
+
+    kind: ClassVar[str] = "test"
+    noun: ClassVar[str] = "test"
+
+    id: str  # Dataset902_TwoCh/3d_fullres/full_ft/test@0.25
+    dataset: str
+    dataset_id: int
+    configuration: str
+    arm: Arm
+    trainer: str
+    plans: str
+    folds: tuple[int, ...]  # nnU-Net fold indices of the ensemble
+    train_ids: tuple[str, ...]
+    images: Path  # nnUNet_raw/<dataset>/imagesTs
+    labels: Path  # nnUNet_raw/<dataset>/labelsTs
+    out: Path  # <model folder>/test_folds_<folds>
+    point: FoldPoint | None = None
+
+    @property
+    def label(self) -> str:
+        at = "" if self.point is None else f" at {self.point.point}"
+        return f"{self.dataset} {self.configuration} {self.arm} test set{at} (folds {', '.join(map(str, self.folds))})"
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.train_ids
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+    def predict_command(self, env: Mapping[str, str], device: str) -> list[str]:
+        n = _num_processes(env)
+        return [console_script("nnUNetv2_predict"), "-i", str(self.images), "-o", str(self.out), "-d",
+                str(self.dataset_id), "-c", self.configuration, "-tr", self.trainer, "-p", self.plans, "-f",
+                *map(str, self.folds), "-device", device, *(["-npp", n, "-nps", n] if n else [])]
+
+    def evaluate_command(self, env: Mapping[str, str]) -> list[str]:
+        n = _num_processes(env)
+        return [console_script("nnUNetv2_evaluate_folder"), str(self.labels), str(self.out), "-djfile",
+                str(self.out / "dataset.json"), "-pfile", str(self.out / "plans.json"), *(["-np", n] if n else [])]
+
+    def done(self, graph: TaskGraph) -> bool:
+        return _newer_than_its_folds(self.summary, self, graph)
+
+    def run(self, step: Step) -> tuple[Status, str]:
+        if self.done(step.graph):
+            return "skipped", f"already done ({self.summary})"
+        left = [t for t in step.graph.needs(self) if not t.done(step.graph)]
+        if left:
+            return "blocked", f"{len(left)} fold(s) not trained (first: {left[0].id})"
+        env = step.env()
+        for cmd in (self.predict_command(env, step.device), self.evaluate_command(env)):
+            code, output = step.command(cmd, env)
+            if code != 0:
+                raise TaskFailure(f"{Path(cmd[0]).name} exited with status {code}: {_error_line(output)}", cmd, code)
+        if not self.done(step.graph):
+            raise TaskFailure(f"nnUNetv2_evaluate_folder exited 0 but did not write {self.summary}")
+        return "done", f"test set Dice in {self.summary}"
+
+    def view(self, graph: TaskGraph, env: Mapping[str, str], device: str) -> TaskView:
+        if self.done(graph):
+            return TaskView(self, "done", str(self.summary))
+        cmds = (shlex.join(self.predict_command(env, device)), shlex.join(self.evaluate_command(env)))
+        left = [t for t in graph.needs(self) if not t.done(graph)]
+        if left:
+            return TaskView(self, "waiting", f"for {len(left)} fold(s) to finish", cmds)
+        return TaskView(self, "to run", f"{len(self.folds)} folds' ensemble on {self.images}", cmds)
 
 
 # --- the graph ------------------------------------------------------------------------------------------------------
@@ -559,46 +772,75 @@ class TaskGraph:
         return ", ".join(f"{n} {noun}" for noun, n in Counter(t.noun for t in self._tasks).items())
 
 
-def build_graph(targets: Sequence[Target], trainers: Mapping[Arm, str], recipes: Mapping[Arm, str | None],
-                pretrained: Path, check_recipe: str | None, results_root: Path,
-                find_best: tuple[Sequence[Arm], bool] | None = None) -> TaskGraph:
-    """The graph of a campaign: per target its prepare task, its train tasks (by configuration, fold, then arm:
-    finetune first) and, with ``find_best`` = ``(arms, ensembling)``, a find-best task over those arms' folds.
+def build_graph(targets: Sequence[Target], arms: Sequence[ArmDef], check_recipe: str | None, results_root: Path,
+                find_best: tuple[Sequence[Arm], bool] | None = None, check_arm: ArmDef | None = None,
+                test_root: Path | None = None) -> TaskGraph:
+    """The graph of a campaign: per target its prepare task, its train tasks (by configuration, base fold, point, then
+    arm in file order) and, with ``find_best`` = ``(arms, ensembling)``, a find-best task over those arms' folds at
+    fraction 1. ``check_arm``: the arm the compatibility check is for (its trainer and checkpoint). ``test_root``
+    (nnUNet_raw): per configuration, arm and point a test task on the target's imagesTs/labelsTs.
 
     Train ids leave the plans out (``Dataset902_TwoCh/3d_fullres/finetune/fold_0``) unless the dataset is a target
-    with other plans too."""
-    arms = [a for a in ARMS if a in trainers]
+    with other plans too; a fraction fold adds its point (``.../fold_0@0.25``)."""
     tasks: list[Task] = []
     for t in targets:
+        arm_plans = tuple(dict.fromkeys((a.plans(t.plans), a.plans_recipe) for a in arms
+                                        if a.plans_suffix is not None and a.plans_recipe is not None))
+        subsets = tuple(dict.fromkeys(
+            (_request(p), p.fold) for p in t.points if not p.full))
         prepare = PrepareTask(id=f"{t.dataset}/{t.plans}/prepare", dataset=t.dataset, dataset_id=t.dataset_id,
-                              plans=t.plans, configurations=t.configurations, mode=t.mode, pretrained=pretrained,
-                              check_trainer=trainers["finetune"], check_recipe=check_recipe)
+                              plans=t.plans, configurations=t.configurations, mode=t.mode,
+                              pretrained=check_arm.pretrained if check_arm else None,
+                              check_trainer=check_arm.trainer if check_arm else "",
+                              check_recipe=check_recipe, check_arm=check_arm.name if check_arm else "",
+                              arm_plans=arm_plans, subsets=subsets)
         plans_in_id = len({o.plans for o in targets if o.dataset == t.dataset}) > 1
         trains = []
         for conf in t.configurations:
-            for fold in t.folds:
+            for p in t.fold_points():
                 for arm in arms:
-                    trainer = trainers[arm]
+                    plans = arm.plans(t.plans)
+                    base = f"{t.dataset}/{t.plans}/{conf}" if plans_in_id else f"{t.dataset}/{conf}"
                     trains.append(TrainTask(
-                        id=f"{t.dataset}/{t.plans}/{conf}/{arm}/fold_{fold}" if plans_in_id
-                        else f"{t.dataset}/{conf}/{arm}/fold_{fold}",
-                        dataset=t.dataset, dataset_id=t.dataset_id, configuration=conf, arm=arm, fold=fold,
-                        trainer=trainer, plans=t.plans,
-                        fold_dir=results_root / t.dataset / f"{trainer}__{t.plans}__{conf}" / f"fold_{fold}",
-                        prepare_id=prepare.id, pretrained=pretrained if arm == "finetune" else None,
-                        recipe=recipes.get(arm)))
+                        id=f"{base}/{arm.name}/fold_{p.base_fold}" + ("" if p.full else f"@{p.point.replace(' ', '')}"),
+                        dataset=t.dataset, dataset_id=t.dataset_id, configuration=conf, arm=arm.name, fold=p.fold,
+                        trainer=arm.trainer, plans=plans,
+                        fold_dir=results_root / t.dataset / f"{arm.trainer}__{plans}__{conf}" / f"fold_{p.fold}",
+                        prepare_id=prepare.id, pretrained=arm.pretrained, recipe=arm.recipe_env,
+                        point=p if t.points else None))
         best: list[Task] = []
         if find_best is not None:
             best_arms, ensembling = find_best
-            mine = [x for x in trains if x.arm in best_arms]
+            mine = [x for x in trains if x.arm in best_arms and x.fold in t.folds]
             names = tuple(dict.fromkeys(x.trainer for x in mine))
-            ensembles = ensembling and len(t.configurations) * len(names) > 1
+            plans_ids = tuple(dict.fromkeys(x.plans for x in mine))
+            ensembles = ensembling and len(t.configurations) * len(names) * len(plans_ids) > 1
             best.append(FindBestTask(
                 id=f"{t.dataset}/{t.plans}/find_best", dataset=t.dataset, dataset_id=t.dataset_id, plans=t.plans,
                 configurations=t.configurations, folds=t.folds, trainers=names, ensembling=ensembles,
                 train_ids=tuple(x.id for x in mine), prepare_id=prepare.id,
                 result=results_root / t.dataset / "inference_information.json"))
             if ensembles:
-                trains = [replace(x, npz=True) if x.arm in best_arms else x for x in trains]
-        tasks += [prepare, *trains, *best]
+                ids = {x.id for x in mine}
+                trains = [replace(x, npz=True) if x.id in ids else x for x in trains]
+        tests: list[Task] = []
+        if test_root is not None:
+            groups: dict[tuple[str, str, str], list[TrainTask]] = {}
+            for x in trains:
+                groups.setdefault((x.configuration, x.arm, x.point.point if x.point else ""), []).append(x)
+            for (conf, arm, point), xs in groups.items():
+                folds = tuple(x.fold for x in xs)
+                tests.append(TestTask(
+                    id=f"{xs[0].id.rsplit('/', 1)[0]}/test" + (f"@{point.replace(' ', '')}" if point else ""),
+                    dataset=t.dataset, dataset_id=t.dataset_id, configuration=conf, arm=arm, trainer=xs[0].trainer,
+                    plans=xs[0].plans, folds=folds, train_ids=tuple(x.id for x in xs),
+                    images=test_root / t.dataset / "imagesTs", labels=test_root / t.dataset / "labelsTs",
+                    out=xs[0].fold_dir.parent / f"test_folds_{'_'.join(map(str, folds))}", point=xs[0].point))
+        tasks += [prepare, *trains, *tests, *best]
     return TaskGraph(tasks)
+
+
+def _request(p: FoldPoint) -> Any:
+    from nnunet_transfer.nnunet.splits import SubsetRequest
+
+    return SubsetRequest(p.base_fold, p.n_train, p.fraction, p.seed)

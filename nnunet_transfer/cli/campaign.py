@@ -50,7 +50,16 @@ def run(args: argparse.Namespace) -> int:
 def _report(campaign: Campaign, out: Path) -> int:
     from nnunet_transfer.campaigns.report import write_report
 
-    result = write_report(campaign.train_tasks, out)
+    study = None
+    if campaign.spec.arms is not None or campaign.spec.fractions is not None or campaign.spec.train_cases is not None:
+        from nnunet_transfer.campaigns.report import StudyOptions
+        from nnunet_transfer.campaigns.tasks import TestTask
+
+        study = StudyOptions(campaign.reference or campaign.arms[-1].name, campaign.spec.seed,
+                             "Equal budget: every point trains the same epochs and iterations per epoch (its arm's "
+                             "recipe or trainer), whatever its number of training cases.",
+                             tuple(campaign.graph.of_type(TestTask)))
+    result = write_report(campaign.train_tasks, out, study)
     for f in result.files:
         print(f"wrote {f}")
     if result.missing:

@@ -22,6 +22,7 @@ __all__ = [
     "NnUNetRoots",
     "TargetDataset",
     "dataset_name",
+    "default_splits",
     "ensure_default_splits",
     "find_target_dataset",
     "locate_dataset",
@@ -205,8 +206,12 @@ def ensure_default_splits(preprocessed_dataset_folder: str | os.PathLike, identi
     path = Path(preprocessed_dataset_folder) / "splits_final.json"
     if path.exists() or len(identifiers) < 5:
         return None
+    return write_json_atomic(path, default_splits(identifiers), indent=4)
+
+
+def default_splits(identifiers: list[str] | tuple[str, ...]) -> list[dict[str, list[str]]]:
+    """nnU-Net's default 5 folds (seed 12345) over the sorted case identifiers, as ``splits_final.json`` holds them."""
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
     splits = generate_crossval_split(sorted(identifiers), seed=12345, n_splits=5)
-    data = [{k: [str(i) for i in v] for k, v in split.items()} for split in splits]
-    return write_json_atomic(path, data, indent=4)
+    return [{k: [str(i) for i in v] for k, v in split.items()} for split in splits]

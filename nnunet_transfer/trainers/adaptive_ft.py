@@ -60,6 +60,7 @@ from nnunet_transfer.core.schedules.recipes import (
     Recipe,
     adapters_in_plans,
     load_recipe,
+    recipe_from_plans,
     scaled_to_run,
 )
 from nnunet_transfer.core.schedules.schedule import Schedule, resolve_schedule, rewrap_ddp
@@ -150,10 +151,13 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
 
     def _resolve_recipe(self, continue_training: bool) -> Recipe:
         stored = Path(self.output_folder) / RECIPE_FILE if self.output_folder else None
+        in_plans = self.plans_manager.plans.get(RECIPE_PLANS_KEY)
         if continue_training and stored is not None and stored.is_file():
             recipe = load_recipe(stored)  # a resumed run keeps the recipe it started with
-        else:
+        elif os.environ.get(RECIPE_ENV_VAR) or not in_plans:
             recipe = load_recipe(os.environ.get(RECIPE_ENV_VAR) or self.recipe)
+        else:  # the plans name it (a study arm's plans): NNUNET_TRANSFER_RECIPE > plans > class attribute
+            recipe = recipe_from_plans(in_plans, f"{self.plans_manager.plans_name} plans, {RECIPE_PLANS_KEY}")
         self.print_to_log_file(f"nnunet-transfer recipe: {recipe.name} ({recipe.source})", also_print_to_console=True)
         return recipe
 

@@ -458,3 +458,38 @@ def test_campaign_on_slurm_a_request_no_node_can_meet(slurm, tmp_path):
         proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_campaign_status_on_slurm_shows_each_queued_task_with_its_job_and_state(slurm, tmp_path):
+    """Jobs held in the queue (``--begin`` an hour from now): ``campaign status`` shows each task's SLURM job id and
+    state (the prepare job, the array of folds after it)."""
+    from nnunet_transfer.demo.synthetic import make_dataset
+
+    make_dataset(tmp_path / "raw", 907, "Queued", num_cases=5, shape=(16, 16, 16), seed=7)
+    pretrained = tmp_path / "pretrained.pth"
+    pretrained.write_bytes(b"not read: nothing runs")
+    campaign = _campaign(tmp_path, pretrained, [{"dataset": 907}], "queued",
+                         slurm_additional_parameters={"begin": "now+1hour"})
+    env = nnunet_env(tmp_path, SLURM_CONF=slurm.env["SLURM_CONF"])
+    proc = subprocess.Popen([bin_path("nnunet-transfer"), "campaign", "run", str(campaign)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(subprocess.run(["squeue", "-h", "-r"], env=env, capture_output=True, text=True).stdout.split()) < 3:
+            assert time.monotonic() < deadline, "the jobs were not submitted"
+            time.sleep(0.5)
+        status = subprocess.run([bin_path("nnunet-transfer"), "campaign", "status", str(campaign)], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+        text = status.stdout
+        prepare = re.search(r"^Dataset907_Queued/nnUNetPlans/prepare\s+queued\s+SLURM job (\d+) PENDING;", text, re.M)
+        assert prepare, text
+        for fold in (0, 1):
+            assert re.search(rf"^Dataset907_Queued/3d_fullres/finetune/fold_{fold}\s+queued\s+SLURM job \d+_{fold} "
+                             r"PENDING;", text, re.M), text
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        ids = subprocess.run(["squeue", "-h", "-o", "%A"], env=env, capture_output=True, text=True).stdout.split()
+        if ids:  # this module's own cluster: only the jobs of this test are in it
+            subprocess.run(["scancel", *ids], env=env, check=False)

@@ -13,7 +13,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -33,11 +33,14 @@ __all__ = [
     "adapters_in_plans",
     "available_recipes",
     "load_recipe",
+    "recipe_from_plans",
     "scaled_to_run",
 ]
 
 RECIPE_ENV_VAR = "NNUNET_TRANSFER_RECIPE"
-RECIPE_PLANS_KEY = "nnunet_transfer_recipe"  # the recipe in force, in the plans (plans.json, checkpoints' init_args)
+#: the key of an nnU-Net plans dict that holds a recipe: the trainer writes the recipe in force there (the results'
+#: plans.json, every checkpoint's init_args); a study arm's plans file carries its recipe there
+RECIPE_PLANS_KEY = "nnunet_transfer_recipe"
 NNUNET_DEFAULT_EPOCHS = 1000  # nnUNetTrainer.num_epochs
 #: scaled shipped recipes that are listed (and named by trainer variants); any NAME_<N>epochs of a shipped NAME loads
 SCALED_SHIPPED = ("default_100epochs", "default_250epochs")
@@ -225,12 +228,7 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
         path = None
     data = parse_yaml_mapping(text, where, "a recipe", RecipeError)
     data.setdefault("name", Path(text_name).stem)
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as e:
-        raise RecipeError(_format_error(where, e)) from None
-    except ValueError as e:
-        raise RecipeError(f"{where}: invalid recipe: {e}") from None
+    recipe = _validated(data, where)
     ckpt = recipe.pretrained.checkpoint
     if ckpt and path is not None:
         ckpt = os.path.expandvars(os.path.expanduser(ckpt))
@@ -252,3 +250,26 @@ def adapters_in_plans(plans: dict) -> Adapters | None:
         return Adapters.model_validate(data)
     except ValidationError as e:
         raise RecipeError(_format_error(f"plans {RECIPE_PLANS_KEY}.adapters", e)) from None
+
+
+def recipe_from_plans(value: Any, where: str) -> Recipe:
+    """The recipe a plans dict holds under :data:`RECIPE_PLANS_KEY`: a whole recipe (a mapping, as the trainer writes
+    it) or a shipped name or YAML path. RecipeError naming ``where`` when it is neither or does not validate."""
+    if isinstance(value, str):
+        return load_recipe(value)
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: expected a recipe (a mapping, or a shipped name or YAML path), got "
+                          f"{type(value).__name__}")
+    recipe = _validated(value, where)
+    recipe.source = where
+    return recipe
+
+
+def _validated(data: dict[str, Any], where: str) -> Recipe:
+    """``data`` as a Recipe; RecipeError naming ``where`` and the field when it is not one."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_error(where, e)) from None
+    except ValueError as e:
+        raise RecipeError(f"{where}: invalid recipe: {e}") from None

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY
 from nnunet_transfer.errors import PlansError, TransferError
 from nnunet_transfer.nnunet.plans.diff import costs, diff, short
 from nnunet_transfer.nnunet.plans.source import SourcePlans
@@ -193,6 +194,7 @@ def transfer_plans(
     new = copy.deepcopy(src)
     new["dataset_name"] = name
     new["plans_name"] = identifier
+    new.pop(RECIPE_PLANS_KEY, None)  # the source's recipe is not the target's (the trainer would read it)
     new["configurations"] = {}
     for c, conf in resolved.items():
         conf = copy.deepcopy(conf)
