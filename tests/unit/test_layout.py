@@ -61,3 +61,13 @@ def test_public_api_check_fails_on_a_stale_block(tmp_path):
     table["core.loading.loader"] = (*table["core.loading.loader"], "extra_name")
     assert "extra_name as extra_name" in public_api.render(table)
     assert public_api.render(table) not in source
+
+
+def test_test_file_names_are_unique_across_folders():
+    """pytest imports test files by their base name (no __init__.py in tests/): two folders holding the same name
+    stop the collection of the whole suite."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
+    assert len(seen) > 50
