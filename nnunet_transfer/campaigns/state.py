@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from nnunet_transfer.core.loading.report import REPORT_FILE  # written by our trainers when a training starts
 from nnunet_transfer.errors import PlansError
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
 FINAL, LATEST, BEST = "checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"
 CHECKPOINTS = (FINAL, LATEST, BEST)  # nnU-Net's --c takes the first that exists, in this order
 SUMMARY = Path("validation") / "summary.json"
-LOAD_REPORT = "pretrained_load_report.json"  # written by the AdaptiveFT trainers when a new training starts
 
 TrainKind = Literal["done", "validate", "continue", "new"]
 
@@ -115,8 +115,8 @@ def train_state(task: Fold) -> TrainState:
         return TrainState("validate", f"{FINAL} without {SUMMARY.as_posix()}: nnU-Net's validation{note}", unreadable)
     if have:
         return TrainState("continue", f"continues from {have[0]}{_epoch_note(d / have[0])}{note}", unreadable)
-    if (d / LOAD_REPORT).is_file():
-        return TrainState("continue", f"began (no checkpoint yet; {LOAD_REPORT}): restarts from the pretrained "
+    if (d / REPORT_FILE).is_file():
+        return TrainState("continue", f"began (no checkpoint yet; {REPORT_FILE}): restarts from the pretrained "
                                       f"weights it began with{note}", unreadable)
     return TrainState("new", "not started" if not d.is_dir() else f"no checkpoint in {d}{note}", unreadable)
 

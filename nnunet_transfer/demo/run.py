@@ -29,6 +29,7 @@ import yaml
 
 from nnunet_transfer.core.commands import console_script
 from nnunet_transfer.core.io import write_text_atomic
+from nnunet_transfer.core.loading.report import REPORT_FILE
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, Recipe, load_recipe
 from nnunet_transfer.demo.dice import foreground_names, format_dice, format_dice_comparison
 from nnunet_transfer.demo.progress import StepProgress
@@ -168,7 +169,7 @@ def run_demo(workdir: Path, force: bool = False, baseline: bool = False) -> int:
                               budget=f"{budget}, no pretrained weights"))
 
     fold = _fold(workdir / "results")
-    report = json.loads((fold / "pretrained_load_report.json").read_text())
+    report = json.loads((fold / REPORT_FILE).read_text())
     labels = json.loads((workdir / "raw" / f"Dataset{TARGET}_DemoTarget" / "dataset.json").read_text())["labels"]
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     adapted = [t for t in report["tensors"] if t["status"] == "adapted"]

@@ -33,14 +33,13 @@ from nnunet_transfer.core.adapters import (
 )
 from nnunet_transfer.core.io import atomic_path, read_json_object, sha256_file
 from nnunet_transfer.core.loading.loader import load_pretrained
+from nnunet_transfer.core.loading.report import REPORT_FILE
 from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY, Recipe
 from nnunet_transfer.errors import AdapterError, ExportError
 from nnunet_transfer.nnunet.model_folder import DEFAULT_CHECKPOINT, read_fold_checkpoint, read_model_folder
 from nnunet_transfer.nnunet.networks import build_network
 
 __all__ = ["apply_adapters", "extract_adapters"]
-
-REPORT_FILE = "pretrained_load_report.json"  # the trainer's load report in the fold folder
 
 
 def _recipe(plans: dict[str, Any], where: object) -> Recipe:

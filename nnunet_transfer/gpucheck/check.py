@@ -40,6 +40,7 @@ import yaml
 
 from nnunet_transfer.core.commands import console_script
 from nnunet_transfer.core.io import read_json_object, write_text_atomic
+from nnunet_transfer.core.loading.report import REPORT_FILE
 from nnunet_transfer.core.progress import format_elapsed
 from nnunet_transfer.core.schedules.recipes import RECIPE_ENV_VAR, load_recipe
 from nnunet_transfer.demo.progress import StepProgress
@@ -404,7 +405,7 @@ def run_gpu_check(workdir: str | os.PathLike | None = None, *, device: str = "cu
                                  f"({round_s:.0f} s) would pass the budget")
                 break
             check.train_round(checkpoint, iterations)
-        report = read_json_object(_fold(path / "runs" / "adaptive_r1", OURS) / "pretrained_load_report.json",
+        report = read_json_object(_fold(path / "runs" / "adaptive_r1", OURS) / REPORT_FILE,
                                   "load report", TransferError)
         runs = {c.name: {"title": c.title, "epoch_s": _median_timed(check.epochs.get(c.name, [])),
                          "peak_memory_mb": _peak(check.epochs.get(c.name, [])), "epochs": check.epochs.get(c.name, [])}

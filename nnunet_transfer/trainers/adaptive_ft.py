@@ -48,7 +48,7 @@ from nnunet_transfer.core.adapters import (
 from nnunet_transfer.core.background import LatestJobWorker
 from nnunet_transfer.core.io import read_json_object, sha256_file, write_json_atomic
 from nnunet_transfer.core.loading.loader import load_pretrained, unwrap_network
-from nnunet_transfer.core.loading.report import LoadReport
+from nnunet_transfer.core.loading.report import REPORT_FILE, LoadReport
 from nnunet_transfer.core.schedules.engine import FineTuneEngine
 from nnunet_transfer.core.schedules.groups import ParameterGroup, derive_groups
 from nnunet_transfer.core.schedules.lr_table import LRTable
@@ -72,7 +72,6 @@ from nnunet_transfer.trainers.preemption import PreemptionMixin
 
 __all__ = ["LR_TABLE_FILE", "RECIPE_FILE", "RECIPE_PLANS_KEY", "REPORT_FILE", "nnUNetTrainerAdaptiveFT"]
 
-REPORT_FILE = "pretrained_load_report.json"
 RECIPE_FILE = "adaptive_ft_recipe.yaml"
 LR_TABLE_FILE = "lr_table.json"
 

@@ -54,7 +54,11 @@ from typing import Any, Literal
 
 from nnunet_transfer.core.io import write_json_atomic
 
-__all__ = ["REASON_TEXT", "GroupRecord", "LabelMatch", "LoadReport", "ReasonCode", "Status", "TensorRecord"]
+__all__ = ["REASON_TEXT", "REPORT_FILE", "GroupRecord", "LabelMatch", "LoadReport", "ReasonCode", "Status",
+           "TensorRecord"]
+
+#: the file a training writes its load report to, in the fold folder
+REPORT_FILE = "pretrained_load_report.json"
 
 Status = Literal["loaded", "adapted", "skipped", "missing", "new"]
 
