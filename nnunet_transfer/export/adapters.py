@@ -34,7 +34,7 @@ from nnunet_transfer.core.adapters import (
 from nnunet_transfer.core.io import atomic_path, read_json_object, sha256_file
 from nnunet_transfer.core.loading.loader import load_pretrained
 from nnunet_transfer.core.loading.report import REPORT_FILE
-from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY, Recipe
+from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY, Recipe, recipe_from_plans
 from nnunet_transfer.errors import AdapterError, ExportError
 from nnunet_transfer.nnunet.model_folder import DEFAULT_CHECKPOINT, read_fold_checkpoint, read_model_folder
 from nnunet_transfer.nnunet.networks import build_network
@@ -44,7 +44,7 @@ __all__ = ["apply_adapters", "extract_adapters"]
 
 def _recipe(plans: dict[str, Any], where: object) -> Recipe:
     data = plans.get(RECIPE_PLANS_KEY)
-    recipe = Recipe.model_validate(data) if isinstance(data, dict) else None
+    recipe = recipe_from_plans(data, f"{where}, {RECIPE_PLANS_KEY}") if isinstance(data, dict) else None
     if recipe is None or recipe.adapters is None:
         raise AdapterError(f"{where}: the plans name no recipe with adapters: this model was not trained with LoRA "
                            "(nnUNetTrainerAdaptiveFT_LoRA)")
