@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,6 +104,56 @@ def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments:
         assert f in proc.stderr
 
 RECIPES = TESTS / "recipes"
+
+
+#: nnU-Net's "Epoch N" line at the start of each epoch of a training log
+EPOCH_LINE = re.compile(r"^[\d\- :.]+: Epoch (\d+) *$", re.MULTILINE)
+
+
+def epochs_in_log(log: Path) -> list[int]:
+    """The epochs an nnU-Net training log shows starting."""
+    return [int(e) for e in EPOCH_LINE.findall(log.read_text())]
+
+
+def signal_in_epoch(cmd: Sequence[str], env: dict[str, str], fold: Path, epoch: int, send, out: Path,
+                    timeout: float = 300) -> tuple[int, Path]:
+    """Start the training ``cmd`` (output to ``out``, its own process group), call ``send(proc)`` once its log in
+    ``fold`` shows ``epoch`` started, wait for it to end and for every process of its group to be gone; (exit
+    status, training log)."""
+    import pytest
+
+    with out.open("w") as sink:
+        proc = subprocess.Popen(list(cmd), env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        log = None
+        while proc.poll() is None and time.monotonic() < deadline:
+            log = next(iter(fold.glob("training_log_*.txt")), None)
+            if log is not None and epoch in epochs_in_log(log):
+                send(proc)
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"epoch {epoch} never started (status {proc.poll()}):\n{out.read_text()[-3000:]}")
+        status = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # nothing of the training is left: the data-augmentation workers were shut down, not orphaned
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("processes of the stopped training are still running")
+    return status, log
+
+
 
 
 class Workspace:

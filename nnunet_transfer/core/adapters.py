@@ -63,6 +63,7 @@ __all__ = [
     "is_adapter_key",
     "merge_adapters",
     "merge_lora_weights",
+    "merge_trained_adapters",
     "plain_key",
     "read_adapters",
     "require_peft",
@@ -228,6 +229,23 @@ def merge_lora_weights(state_dict: Mapping[str, torch.Tensor], adapters: Adapter
         plain = plain_key(key)
         out[plain] = merged.get(plain, value)
     return out
+
+
+def merge_trained_adapters(state_dict: Mapping[str, torch.Tensor], plans: Any, where: object
+                           ) -> dict[str, torch.Tensor]:
+    """A LoRA fold's weights as the plain network's (:func:`merge_lora_weights`), with the rank and alpha of the
+    recipe its plans hold (``plans[RECIPE_PLANS_KEY]``, as the trainer writes them). Weights without adapter tensors
+    come back as they are. :class:`~nnunet_transfer.errors.AdapterError` naming ``where`` when the weights hold
+    adapters but the plans name no recipe with adapters."""
+    from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY, adapters_in_plans
+
+    if not any(is_adapter_key(k) for k in state_dict):
+        return dict(state_dict)
+    adapters = adapters_in_plans(plans, str(where))
+    if adapters is None:
+        raise AdapterError(f"{where}: holds LoRA adapter tensors, but its plans name no recipe with adapters "
+                           f"({RECIPE_PLANS_KEY}.adapters: their rank and alpha): cannot merge them")
+    return merge_lora_weights(state_dict, adapters)
 
 
 def merge_adapters(network: nn.Module) -> int:

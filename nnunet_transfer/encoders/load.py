@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from nnunet_transfer.core.adapters import is_adapter_key, merge_trained_adapters
 from nnunet_transfer.core.architectures import EncoderLayout, architecture_for
 from nnunet_transfer.core.loading.checkpoint import SourceCheckpoint, read_checkpoint
 from nnunet_transfer.core.loading.keys import strip_wrappers
@@ -32,6 +33,7 @@ from nnunet_transfer.core.loading.loader import load_pretrained
 from nnunet_transfer.core.loading.options import LoadOptions
 from nnunet_transfer.core.loading.report import LoadReport
 from nnunet_transfer.core.schedules.groups import derive_groups
+from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY
 from nnunet_transfer.encoders.encoder import FeatureSpec, PretrainedEncoder, encoder_layout
 from nnunet_transfer.encoders.preprocessing import PreprocessingInfo, preprocess_image, preprocessing_info
 from nnunet_transfer.errors import (
@@ -233,7 +235,13 @@ def load_encoder(
         trainer, missing_trainer = _installed_trainer(src.trainer_name or folder_trainer, src.path)
         if missing_trainer is not None:
             notes.append(missing_trainer)
-    network = build_network(plans_d, conf, dj, trainer)
+    if any(is_adapter_key(k) for k in src.state_dict):  # a LoRA fold: the plain network, its adapters merged
+        src = replace(src, state_dict=merge_trained_adapters(src.state_dict, plans_d, src.path))
+        notes.append(f"{src.path}: LoRA adapters merged into the weights; the encoder is the plain network")
+        build_plans = {k: v for k, v in plans_d.items() if k != RECIPE_PLANS_KEY}  # so no trainer injects adapters
+    else:
+        build_plans = plans_d
+    network = build_network(build_plans, conf, dj, trainer)
     layout = encoder_layout(network)
     # the guard that matters is the encoder's (below); the whole network's coverage is only informative here
     full = load_pretrained(network, src, dj.get("labels"), opts.replace(min_coverage=0.0))

@@ -34,7 +34,7 @@ from nnunet_transfer.core.adapters import (
 from nnunet_transfer.core.io import atomic_path, read_json_object, sha256_file
 from nnunet_transfer.core.loading.loader import load_pretrained
 from nnunet_transfer.core.loading.report import REPORT_FILE
-from nnunet_transfer.core.schedules.recipes import RECIPE_PLANS_KEY, Recipe, recipe_from_plans
+from nnunet_transfer.core.schedules.recipes import Recipe, recipe_in_plans
 from nnunet_transfer.errors import AdapterError, ExportError
 from nnunet_transfer.nnunet.model_folder import DEFAULT_CHECKPOINT, read_fold_checkpoint, read_model_folder
 from nnunet_transfer.nnunet.networks import build_network
@@ -43,8 +43,7 @@ __all__ = ["apply_adapters", "extract_adapters"]
 
 
 def _recipe(plans: dict[str, Any], where: object) -> Recipe:
-    data = plans.get(RECIPE_PLANS_KEY)
-    recipe = recipe_from_plans(data, f"{where}, {RECIPE_PLANS_KEY}") if isinstance(data, dict) else None
+    recipe = recipe_in_plans(plans, str(where))
     if recipe is None or recipe.adapters is None:
         raise AdapterError(f"{where}: the plans name no recipe with adapters: this model was not trained with LoRA "
                            "(nnUNetTrainerAdaptiveFT_LoRA)")
@@ -82,7 +81,7 @@ def apply_adapters(base_checkpoint: str | os.PathLike, adapter_folder: str | os.
     the fold in ``adapter_folder``, rebuilt on ``base_checkpoint``. Raises
     :class:`~nnunet_transfer.errors.AdapterError` for a base of another SHA-256 or one that does not give every
     pretrained weight the fold took from its base; nothing is written then."""
-    from nnunet_transfer.export.share import _clean_plans, stock_trainer_for
+    from nnunet_transfer.export.share import clean_plans, stock_trainer_for
 
     base_checkpoint, out = Path(base_checkpoint), Path(out)
     if out.exists() and not overwrite:
@@ -123,7 +122,7 @@ def apply_adapters(base_checkpoint: str | os.PathLike, adapter_folder: str | os.
     checkpoint = {
         "network_weights": weights, "optimizer_state": None, "grad_scaler_state": None, "logging": {},
         "_best_ema": None, "current_epoch": meta.get("current_epoch"),
-        "init_args": {"plans": _clean_plans(plans)[0], "configuration": configuration,
+        "init_args": {"plans": clean_plans(plans)[0], "configuration": configuration,
                       "fold": int(meta["fold"]) if str(meta["fold"]).isdigit() else meta["fold"],
                       "dataset_json": dataset_json},
         "trainer_name": trainer.__name__,

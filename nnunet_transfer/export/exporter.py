@@ -267,16 +267,12 @@ def _merged(folder: ModelFolder, checkpoint: FoldCheckpoint, trainer: str | type
             ) -> tuple[FoldCheckpoint, str | type]:
     """A LoRA fold's checkpoint with its adapters merged (the recipe in the plans gives their scale), and the trainer
     that builds the plain network: ``trainer`` if given, else the nnU-Net trainer whose network ours builds."""
-    from nnunet_transfer.core.adapters import merge_lora_weights
-    from nnunet_transfer.core.schedules.recipes import adapters_in_plans
+    from nnunet_transfer.core.adapters import merge_trained_adapters
     from nnunet_transfer.export.share import stock_trainer_for
 
-    adapters = adapters_in_plans(folder.plans)
-    if adapters is None:
-        raise ExportError(f"{checkpoint.path}: holds LoRA adapter tensors, but {folder.path / 'plans.json'} names no "
-                          "recipe with adapters (their rank and alpha): cannot merge them")
-    merged = replace(checkpoint, state_dict=merge_lora_weights(checkpoint.state_dict, adapters))
-    return merged, trainer if trainer is not None else stock_trainer_for(checkpoint.trainer_name)
+    weights = merge_trained_adapters(checkpoint.state_dict, folder.plans, checkpoint.path)
+    return (replace(checkpoint, state_dict=weights),
+            trainer if trainer is not None else stock_trainer_for(checkpoint.trainer_name))
 
 
 def export_model(model_folder: str | Path, fold: int | str, fmt: str, out: str | Path, *,

@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_transfer.core.adapters import is_adapter_key
+from nnunet_transfer.core.adapters import is_adapter_key, merge_trained_adapters
 from nnunet_transfer.core.io import sha256_file
 from nnunet_transfer.errors import ExportError, ExportRefusedError, TrainerNotFoundError, TransferError
 from nnunet_transfer.export.model_folder import trainer_not_installed
 from nnunet_transfer.nnunet.model_folder import ModelFolder, read_model_folder
 
-__all__ = ["OUR_KEY_PREFIX", "SHARE_RECORD", "SharedModel", "ShareResult", "share_models", "stock_trainer_for"]
+__all__ = ["OUR_KEY_PREFIX", "SHARE_RECORD", "SharedModel", "ShareResult", "clean_plans", "share_models",
+           "stock_trainer_for"]
 
 OUR_KEY_PREFIX = "nnunet_transfer"  # plans keys of this package (e.g. nnunet_transfer_recipe)
 SHARE_RECORD = "nnunet_transfer_share.json"
@@ -115,7 +116,8 @@ def stock_trainer_for(trainer: str | type) -> type:
         "the package that defines the trainer")
 
 
-def _clean_plans(plans: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def clean_plans(plans: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plans as plain nnU-Net knows them (our keys, ``nnunet_transfer_*``, removed), and what was removed."""
     kept = {k: v for k, v in plans.items() if not str(k).startswith(OUR_KEY_PREFIX)}
     return kept, {k: v for k, v in plans.items() if k not in kept}
 
@@ -145,22 +147,8 @@ def _stock_checkpoint(ckpt: dict[str, Any], stock: type) -> dict[str, Any]:
     params = [p for p in inspect.signature(stock.__init__).parameters if p != "self"]
     init_args = dict(ckpt.get("init_args") or {})
     if isinstance(init_args.get("plans"), dict):
-        init_args["plans"] = _clean_plans(init_args["plans"])[0]
+        init_args["plans"] = clean_plans(init_args["plans"])[0]
     return {**ckpt, "trainer_name": stock.__name__, "init_args": {k: init_args[k] for k in params if k in init_args}}
-
-
-def _merged_checkpoint(ckpt: dict[str, Any], folder: ModelFolder, where: Path) -> dict[str, Any]:
-    """A LoRA fold's checkpoint with its adapters merged into the weights (the recipe in the folder's plans gives
-    their scale) and without the optimizer state of the adapted network, which fits no plain network."""
-    from nnunet_transfer.core.adapters import merge_lora_weights
-    from nnunet_transfer.core.schedules.recipes import adapters_in_plans
-
-    adapters = adapters_in_plans(folder.plans)
-    if adapters is None:
-        raise ExportError(f"{where}: holds LoRA adapter tensors, but {folder.path / 'plans.json'} names no recipe "
-                          "with adapters (their rank and alpha): cannot merge them; not shared")
-    return {**ckpt, "network_weights": merge_lora_weights(ckpt["network_weights"], adapters),
-            "optimizer_state": None}
 
 
 def _check_network(folder: ModelFolder, plans: dict[str, Any], stock: type, weights: dict[str, Any],
@@ -280,7 +268,7 @@ def _plan(folder: ModelFolder, folds: Sequence[str] | None, builder: str | type 
 
     chosen = _folds(folder, folds)
     files = _files(folder, chosen)
-    plans, removed = _clean_plans(folder.plans)
+    plans, removed = clean_plans(folder.plans)
     checkpoints: dict[Path, dict[str, Any]] = {}
     trainers: set[str] = set()
     for rel in files:
@@ -307,7 +295,9 @@ def _plan(folder: ModelFolder, folds: Sequence[str] | None, builder: str | type 
     merged = False
     for rel, ckpt in checkpoints.items():
         if any(is_adapter_key(k) for k in ckpt["network_weights"]):  # LoRA: plain nnU-Net gets the merged weights
-            ckpt = _merged_checkpoint(ckpt, folder, folder.path / rel)
+            # without the optimizer state of the adapted network, which fits no plain network
+            ckpt = {**ckpt, "network_weights": merge_trained_adapters(ckpt["network_weights"], folder.plans,
+                                                                      folder.path / rel), "optimizer_state": None}
             merged = True
         _check_network(folder, plans, stock, ckpt["network_weights"], folder.path / rel)
         checkpoints[rel] = _stock_checkpoint(ckpt, stock)

@@ -61,6 +61,7 @@ from nnunet_transfer.core.schedules.recipes import (
     adapters_in_plans,
     load_recipe,
     recipe_from_plans,
+    recipe_in_plans,
     scaled_to_run,
 )
 from nnunet_transfer.core.schedules.schedule import Schedule, resolve_schedule, rewrap_ddp
@@ -125,9 +126,9 @@ class nnUNetTrainerAdaptiveFT(PreemptionMixin, nnUNetTrainer):
         weights as they are."""
         network = build_from_plans(configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision)
-        adapters = adapters_in_plans(plans_manager.plans)
-        if adapters is not None:
-            inject_adapters(network, adapters, plans_manager.plans[RECIPE_PLANS_KEY].get("groups"))
+        recipe = recipe_in_plans(plans_manager.plans, f"{plans_manager.plans_name} plans")
+        if recipe is not None and recipe.adapters is not None:
+            inject_adapters(network, recipe.adapters, recipe.groups)
         return network
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:

@@ -1,30 +1,62 @@
 """LoRA through the stock CLI (issue 21): ``nnUNetv2_train -tr nnUNetTrainerAdaptiveFT_LoRA -pretrained_weights``,
 the stock ``nnUNetv2_predict`` on the fold as it is, ``share`` and a prediction by nnU-Net alone (the same
 segmentation), ``export --format onnx`` verified with no adapter in it, ``adapters extract`` + ``apply`` giving the
-fold's merged network, and a wrong base refused. One tiny training (dataset 901, 2 epochs of 4 iterations)."""
+fold's merged network, and a wrong base refused. One tiny training (dataset 901, 2 epochs of 4 iterations), stopped
+by SIGUSR1 after its first epoch (exit 75) and continued with ``--c``."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from helpers import RECIPES, bin_path, cli, run
+from helpers import RECIPES, bin_path, cli, epochs_in_log, run, signal_in_epoch
 
 TRAINER = "nnUNetTrainerAdaptiveFT_LoRA"
 DATASET = "Dataset901_Aniso"
 
 
 @pytest.fixture(scope="module")
-def lora_fold(workspace):
-    """Dataset 901 fine-tuned from the session's pretrained checkpoint with rank-4 adapters on the encoder."""
+def lora_run(workspace, tmp_path_factory):
+    """Dataset 901 fine-tuned from the session's pretrained checkpoint with rank-4 adapters on the encoder: stopped
+    by SIGUSR1 in epoch 0 (exit 75, as a preempted job), then continued with ``--c``."""
     env = {**workspace.env, "NNUNET_TRANSFER_RECIPE": str(RECIPES / "lora_tiny.yaml"), "nnUNet_def_n_proc": "2",
            "nnUNet_n_proc_DA": "1"}
-    workspace.train(workspace.ANISO, TRAINER, "0", "-pretrained_weights", str(workspace.checkpoint), env=env)
-    return workspace.results(DATASET, TRAINER)
+    cmd = [bin_path("nnUNetv2_train"), str(workspace.ANISO), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
+    model = workspace.results(DATASET, TRAINER)
+    out = tmp_path_factory.mktemp("lora") / "stopped.out"
+    status, log = signal_in_epoch([*cmd, "-pretrained_weights", str(workspace.checkpoint)], env, model / "fold_0", 0,
+                                  lambda proc: os.kill(proc.pid, signal.SIGUSR1), out)
+    stopped = torch.load(model / "fold_0" / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    facts = (status, out.read_text(), epochs_in_log(log), stopped["current_epoch"],
+             {k: v for k, v in stopped["network_weights"].items() if ".lora_" in k})
+    run([*cmd, "--c"], env)
+    return model, facts
+
+
+@pytest.fixture(scope="module")
+def lora_fold(lora_run):
+    return lora_run[0]
+
+
+def test_a_preempted_lora_fold_stops_after_the_epoch_and_continues_with_its_adapters(lora_run):
+    from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
+
+    lora_fold, (status, output, epochs, next_epoch, adapters) = lora_run
+    assert status == PREEMPTED_EXIT_CODE and "Traceback" not in output, output[-3000:]
+    assert "Training stopped on SIGUSR1 (received " in output and "at the end of epoch 0" in output
+    assert epochs == [0] and next_epoch == 1
+    assert adapters and any(v.abs().sum() > 0 for k, v in adapters.items() if ".lora_B." in k)  # trained in epoch 0
+    fold = lora_fold / "fold_0"
+    logs = sorted(fold.glob("training_log_*.txt"))
+    assert len(logs) == 2 and epochs_in_log(logs[1]) == [1]  # continued from the next epoch
+    assert [r["epoch"] for r in json.loads((fold / "lr_table.json").read_text())] == [0, 1]
+    assert (fold / "checkpoint_final.pth").is_file() and not (fold / "checkpoint_latest.pth").exists()
 
 
 def _predict(images, out, trainer: str) -> list[str]:

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import RECIPES, bin_path, run
+from helpers import RECIPES, bin_path, epochs_in_log, run, signal_in_epoch
 
 from nnunet_transfer.core.preemption import PREEMPTED_EXIT_CODE
 
 TRAINER = "nnUNetTrainerAdaptiveFT"
 DATASET = "Dataset901_Aniso"
 FOLDER = f"{TRAINER}__nnUNetPlans__3d_fullres"
-EPOCH_LINE = re.compile(r"^[\d\- :.]+: Epoch (\d+) *$", re.MULTILINE)  # nnU-Net's "Epoch N" at each epoch's start
 
 
 def _env(workspace, results: Path) -> dict[str, str]:
@@ -41,10 +37,6 @@ def _table(fold: Path) -> list[dict]:
     return [{k: r[k] for k in ("epoch", "lr", "trainable")} for r in json.loads((fold / "lr_table.json").read_text())]
 
 
-def _epochs(log: Path) -> list[int]:
-    return [int(e) for e in EPOCH_LINE.findall(log.read_text())]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(workspace, tmp_path_factory) -> list[dict]:
     """lr_table.json of the recipe trained without interruption."""
@@ -57,39 +49,8 @@ def uninterrupted(workspace, tmp_path_factory) -> list[dict]:
 
 def _interrupt_in_epoch_1(workspace, results: Path, out: Path, send) -> tuple[int, Path]:
     """Start a fine-tuning, call ``send(proc)`` once epoch 1 has started, wait for the end; (status, training log)."""
-    fold = _fold(results)
-    with out.open("w") as sink:
-        proc = subprocess.Popen(_train(workspace, "-pretrained_weights", str(workspace.checkpoint)),
-                                env=_env(workspace, results), stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        log = None
-        while proc.poll() is None and time.monotonic() < deadline:
-            log = next(iter(fold.glob("training_log_*.txt")), None)
-            if log is not None and 1 in _epochs(log):
-                send(proc)
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"epoch 1 never started (status {proc.poll()}):\n{out.read_text()[-3000:]}")
-        status = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    # nothing of the training is left: the data-augmentation workers were shut down, not orphaned
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("processes of the stopped training are still running")
-    return status, log
+    return signal_in_epoch(_train(workspace, "-pretrained_weights", str(workspace.checkpoint)),
+                           _env(workspace, results), _fold(results), 1, send, out)
 
 
 def _assert_stopped_after_epoch_1(stop: str, status: int, output: str, log: Path, fold: Path) -> None:
@@ -98,7 +59,7 @@ def _assert_stopped_after_epoch_1(stop: str, status: int, output: str, log: Path
     assert (f"Training stopped on {stop} (received " in output and "at the end of epoch 1" in output
             and f"Continue with: nnUNetv2_train {DATASET} 3d_fullres 0 -tr {TRAINER} -p nnUNetPlans -device cpu --c"
             in output), output[-3000:]
-    assert _epochs(log) == [0, 1]  # epoch 2 never started
+    assert epochs_in_log(log) == [0, 1]  # epoch 2 never started
     assert torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"] == 2
     assert not (fold / "checkpoint_final.pth").exists()
     assert not list(fold.glob(".checkpoint_*"))
@@ -116,7 +77,7 @@ def test_sigusr1_ends_the_epoch_and_continue_resumes_at_the_next(workspace, tmp_
     logs_before = set(fold.glob("training_log_*.txt"))
     run(_train(workspace, "--c"), _env(workspace, results))
     (resumed_log,) = set(fold.glob("training_log_*.txt")) - logs_before
-    assert _epochs(resumed_log) == [2, 3]  # from the next epoch: none skipped, none repeated
+    assert epochs_in_log(resumed_log) == [2, 3]  # from the next epoch: none skipped, none repeated
     assert (fold / "checkpoint_final.pth").is_file() and not (fold / "checkpoint_latest.pth").exists()
     assert _table(fold) == uninterrupted
 

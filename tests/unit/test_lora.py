@@ -254,6 +254,41 @@ def test_lora_trainer_builds_adapters_and_its_checkpoint_resumes_them(tmp_path, 
 _NO_PEFT = "import sys; sys.modules['peft'] = None; "
 
 
+def test_load_encoder_of_a_lora_fold_is_the_plain_merged_encoder_even_without_peft(tmp_path, monkeypatch):
+    """``load_encoder`` on a LoRA trainer's checkpoint: the adapters merged (the plans' recipe gives their scale),
+    the encoder a plain one computing what the adapted encoder computes; peft not needed for that."""
+    from nnunet_transfer.encoders import load_encoder
+
+    trainer = build_trainer(tmp_path, monkeypatch, nnUNetTrainerAdaptiveFT_LoRA)
+    moved(trainer.network)
+    ckpt = tmp_path / "lora_fold.pth"
+    trainer.save_checkpoint(str(ckpt))
+    x = torch.randn(1, 1, 32, 32, 32)
+    trainer.network.eval()
+    with torch.no_grad():
+        want = trainer.network.encoder(x)[-1]
+    bundle = load_encoder(ckpt)
+    assert not has_adapters(bundle.encoder) and bundle.report.passed
+    assert any("LoRA adapters merged" in n for n in bundle.notes)
+    with torch.no_grad():
+        got = bundle.encoder(x)
+    assert (got - want).abs().max() <= MERGE_BOUND * want.abs().max()
+    with torch.no_grad():  # the adapters matter: without them the encoder computes something else
+        for layer in adapter_layers(trainer.network).values():
+            layer.lora_B["default"].weight.zero_()
+        base = trainer.network.encoder(x)[-1]
+    assert (base - want).abs().max() > 1000 * MERGE_BOUND * want.abs().max()
+
+    torch.save(x, tmp_path / "x.pt")
+    code = _NO_PEFT + ("import torch; from nnunet_transfer.encoders import load_encoder; "
+                       "b = load_encoder(sys.argv[1]); torch.save(b.encoder(torch.load(sys.argv[2])), sys.argv[3])")
+    proc = subprocess.run([sys.executable, "-c", code, str(ckpt), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "y.pt"), got)
+
+
+
 def test_without_peft_the_lora_trainer_is_refused_with_exit_2_and_nothing_created(tmp_path):
     from helpers import make_plans
 

@@ -34,6 +34,7 @@ __all__ = [
     "available_recipes",
     "load_recipe",
     "recipe_from_plans",
+    "recipe_in_plans",
     "scaled_to_run",
 ]
 
@@ -239,17 +240,17 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
     return recipe
 
 
-def adapters_in_plans(plans: dict) -> Adapters | None:
-    """The ``adapters`` section of the recipe a model was trained with (``plans[RECIPE_PLANS_KEY]``), or None.
-    Raises RecipeError when that section is invalid."""
-    recipe = plans.get(RECIPE_PLANS_KEY) if isinstance(plans, dict) else None
-    data = recipe.get("adapters") if isinstance(recipe, dict) else None
-    if data is None:
-        return None
-    try:
-        return Adapters.model_validate(data)
-    except ValidationError as e:
-        raise RecipeError(_format_error(f"plans {RECIPE_PLANS_KEY}.adapters", e)) from None
+def recipe_in_plans(plans: Any, where: str = "plans") -> Recipe | None:
+    """The recipe a model was trained with (``plans[RECIPE_PLANS_KEY]``, read by :func:`recipe_from_plans`), or
+    None when the plans hold none. RecipeError naming ``where`` when it is invalid."""
+    value = plans.get(RECIPE_PLANS_KEY) if isinstance(plans, dict) else None
+    return None if value is None else recipe_from_plans(value, f"{where}, {RECIPE_PLANS_KEY}")
+
+
+def adapters_in_plans(plans: Any, where: str = "plans") -> Adapters | None:
+    """The ``adapters`` section of the recipe a model was trained with (:func:`recipe_in_plans`), or None."""
+    recipe = recipe_in_plans(plans, where)
+    return None if recipe is None else recipe.adapters
 
 
 def recipe_from_plans(value: Any, where: str) -> Recipe:
