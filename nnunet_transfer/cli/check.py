@@ -3,6 +3,7 @@
 With ``--recipe`` the options are exactly the recipe's ``pretrained:`` section (loader flags given explicitly override
 single options) and its ``pretrained.checkpoint`` is the default checkpoint: the load the trainer will do. Without it,
 ``-tr`` of one of our trainers takes that trainer's recipe (``NNUNET_TRANSFER_RECIPE`` where set, as the trainer does).
+A recipe with LoRA adapters puts them into the network first, as the trainer does (they are reported ``new``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         network = build_network(target.plans, args.configuration, target.dataset_json, trainer=args.trainer)
     except TrainerNotFoundError as e:
         raise _not_found(args.trainer, e) from None
+    if recipe is not None and recipe.adapters is not None:  # the trainer's network: its adapters are reported new
+        from nnunet_transfer.core.adapters import inject_adapters
+
+        inject_adapters(network, recipe.adapters, recipe.groups)
     report, _ = plan_load(network, source, target.dataset_json.get("labels"), options)
     code = 0 if report.passed else 1
     if recipe is not None:

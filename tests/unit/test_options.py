@@ -233,3 +233,26 @@ def test_check_tr_names_the_trainer_that_builds_the_network(tmp_path, monkeypatc
     assert len(err) == 1 and err[0].startswith("nnunet-transfer check: error: -tr nnUNetTrainer_SomeonesOwn: trainer "
                                                "'nnUNetTrainer_SomeonesOwn': not found")
     assert "-tr names the trainer whose network is built (leave it out for nnU-Net's nnUNetTrainer)" in err[0]
+
+
+def test_check_of_the_lora_trainer_reports_its_adapters_new_and_counts_pretrained_weights_only(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """``check -tr nnUNetTrainerAdaptiveFT_LoRA``: the network the trainer builds, adapters included; they are new,
+    outside the coverage, and every pretrained weight loads into its base layer."""
+    from nnunet_transfer.cli import main
+
+    env = _target_dataset(tmp_path)
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("NNUNET_TRANSFER_RECIPE", raising=False)
+    _save(make_unet(seed=1).state_dict(), tmp_path / "pretrained.pth")
+    args = ["check", str(tmp_path / "pretrained.pth"), "-d", "990", "-c", "3d_fullres", "--json"]
+    assert main([*args, str(tmp_path / "lora.json"), "-tr", "nnUNetTrainerAdaptiveFT_LoRA"]) == 0
+    assert main([*args, str(tmp_path / "plain.json"), "-tr", "nnUNetTrainerAdaptiveFT"]) == 0
+    lora, plain = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lora", "plain"))
+    new = [t for t in lora["tensors"] if t["status"] == "new"]
+    assert new and all(".lora_" in t["key"] and t["code"] == "adapter" and not t["in_coverage"] for t in new)
+    assert lora["coverage"] == plain["coverage"] == 1.0
+    loaded = {t["key"].replace(".base_layer", "") for t in lora["tensors"] if t["status"] == "loaded"}
+    assert loaded == {t["key"] for t in plain["tensors"] if t["status"] == "loaded"}
+    assert any(".base_layer." in t["key"] for t in lora["tensors"] if t["status"] == "loaded")
