@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 .venv/bin/ruff check .
-exec .venv/bin/pytest "$@"
+# two workers (pytest-xdist): the end-to-end tests on one, the unit tests beside them (tests/conftest.py)
+exec .venv/bin/pytest -n "${NNUNET_TRANSFER_TEST_WORKERS:-2}" "$@"

@@ -6,6 +6,20 @@ import pytest
 from helpers import make_unet
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (``scripts/test.sh`` runs ``-n 2``): every end-to-end test on one worker, in file order
+    (they share the session's workspace; their runs time signals and kills), the unit tests spread over the others,
+    so that the unit tests run beside the end-to-end ones instead of after them."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "e2e" if nodeid.startswith("tests/e2e/") else nodeid
+
+    return EndToEndTogether(config, log)
+
+
 @pytest.fixture
 def unet_factory():
     """Build small real nnU-Net networks (see :func:`helpers.make_unet`)."""

@@ -135,7 +135,7 @@ def test_the_kill_and_the_rerun_complete_the_study_without_retraining(study):
     log = study.root / "a.campaign" / "logs" / f"{VICTIM.replace('/', '.')}.log"
     starts = [ln for ln in log.read_text().splitlines() if ln.startswith("$ ") and "nnUNetv2_train " in ln]
     assert len(starts) == 2 and "-pretrained_weights" in starts[0] and starts[1].split()[-3:] == ["--c", "-device", "cpu"]
-    assert re.search(rf"^\[\d+/13\] {DS} 3d_fullres full_ft fold 0 at 0\.25 \(2 cases: nnU-Net fold \d\): done in "
+    assert re.search(rf"^\[\d+/\d+\] {DS} 3d_fullres full_ft fold 0 at 0\.25 \(\d+ cases: nnU-Net fold \d\): done in "
                      r"\d+:\d\d \(continued \(--c\)\)", out, re.M), out  # from its checkpoint, not restarted
     assert "5 done (5 already)" in study.outputs["b2"], study.outputs["b2"]
 
