@@ -2,7 +2,7 @@
 does on GPUs (which hard-codes NCCL and CUDA): trainer from ``get_trainer_from_args``, pretrained weights through
 ``maybe_load_checkpoint``, then ``run_training``. Each rank saves its final weights; rank 0 also the loaded ones.
 
-    python ddp_harness.py DATASET CHECKPOINT OUT_DIR [--no-rewrap-after-first]
+    python ddp_harness.py DATASET CHECKPOINT OUT_DIR [--no-rewrap-after-first] [--trainer NAME]
 
 ``--no-rewrap-after-first`` is the control: the wrapper is built once for the frozen encoder and never again, as when
 ``requires_grad`` is edited by hand after DDP was built.
@@ -33,7 +33,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             # the wrapper nnU-Net builds at initialize (the engine has frozen the encoder by then) is never rebuilt
             ft.rewrap_ddp = lambda ddp: ddp
 
-        trainer = get_trainer_from_args(args.dataset, "3d_fullres", 0, "nnUNetTrainerAdaptiveFT", "nnUNetPlans",
+        trainer = get_trainer_from_args(args.dataset, "3d_fullres", 0, args.trainer, "nnUNetPlans",
                                         device=torch.device("cpu"))
         maybe_load_checkpoint(trainer, False, False, args.checkpoint)
         out = Path(args.out)
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("out")
     ap.add_argument("--no-rewrap-after-first", action="store_true")
+    ap.add_argument("--trainer", default="nnUNetTrainerAdaptiveFT")
     args = ap.parse_args()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
