@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import sys
 import threading
@@ -52,11 +53,20 @@ def _fork(body) -> int:
     return pid
 
 
-def _sleeper() -> int:
-    """A forked child's body: sleep (signal handlers run meanwhile) for at most 30 s, then exit 3."""
+def _sleeper(stop: GracefulStop | None = None, report: int | None = None) -> int:
+    """A forked child's body: sleep (signal handlers run meanwhile) for at most 30 s, then exit 3. With ``stop`` and
+    ``report``: write ``r`` to that pipe once running (a signal that arrives while CPython still sets up the forked
+    child is dropped with its other pending signals), then ``t`` each time the child's copy of ``stop`` has counted
+    another SIGTERM."""
     deadline = time.monotonic() + 30
+    seen = 0
+    if report is not None:
+        os.write(report, b"r")
     while time.monotonic() < deadline:
         time.sleep(0.02)
+        if stop is not None and report is not None and stop._child_terms != seen:
+            seen = stop._child_terms
+            os.write(report, b"t")
     return 3
 
 
@@ -147,12 +157,18 @@ def test_forked_children_outlive_stop_signals_until_released():
     stop = GracefulStop()
     assert stop.install()
     pids = []
+    handled, report = os.pipe()
     try:
-        pids = [_fork(_sleeper) for _ in range(3)]
+        pids = [_fork(_sleeper), _fork(_sleeper), _fork(lambda: _sleeper(stop, report))]
         first, fresh, twice = pids
+        ready, _, _ = select.select([handled], [], [], 30)
+        assert ready and os.read(handled, 1) == b"r", "the child never started"
         for s in SIGNALS:
             os.kill(first, s)
         os.kill(twice, signal.SIGTERM)
+        # Python runs a handler once for signals that arrive before it runs: wait for the child's to have run
+        ready, _, _ = select.select([handled], [], [], 10)
+        assert ready and os.read(handled, 1) == b"t", "the child never handled its first SIGTERM"
         assert _status(first, 0.5) is None, "a worker died of a stop signal while its owner is alive"
         assert _status(twice, 0.1) is None
         assert stop.requested is None  # the children's signals are theirs
@@ -169,6 +185,8 @@ def test_forked_children_outlive_stop_signals_until_released():
         stop.uninstall()
         for pid in pids:
             _reap(pid)
+        os.close(handled)
+        os.close(report)
 
 
 def test_orphaned_child_dies_on_sigterm():
