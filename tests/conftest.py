@@ -9,7 +9,8 @@ from helpers import make_unet
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``scripts/test.sh`` runs ``-n 2``): every end-to-end test on one worker, in file order
-    (they share the session's workspace; their runs time signals and kills), the unit tests spread over the others,
+    (they share the session's workspace, and two of their trainings at once would only compete for the cores), the
+    unit tests spread over the others,
     so that the unit tests run beside the end-to-end ones instead of after them."""
     from xdist.scheduler import LoadScopeScheduling
 
