@@ -10,8 +10,7 @@ from helpers import make_unet
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``scripts/test.sh`` runs ``-n 2``): every end-to-end test on one worker, in file order
     (they share the session's workspace, and two of their trainings at once would only compete for the cores), the
-    unit tests spread over the others,
-    so that the unit tests run beside the end-to-end ones instead of after them."""
+    unit tests spread over the others, so that they run beside the end-to-end ones instead of after them."""
     from xdist.scheduler import LoadScopeScheduling
 
     class EndToEndTogether(LoadScopeScheduling):
